@@ -1,0 +1,193 @@
+"""The ``fedunlearn`` command line (typer; the only module that uses it). Bad input: one line, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedunlearn.errors import ConfigError, FedUnlearnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(err: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2 if isinstance(err, ConfigError) else 1)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    from fedunlearn.report import summary_table
+
+    header, rows = summary_table(summary)
+    table = Table(title=f"{summary['name']}: withdrawn client(s) {summary['withdrawn_clients']}, null band "
+                        f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}]")
+    for h in header:
+        table.add_column(h, justify="left" if h == "model" else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    _print_client_table(run_dir, summary)
+    console.print(f"results: [bold]{run_dir}[/] (report.md, per_client.csv, plots/)")
+
+
+def _print_client_table(run_dir: Path, summary: dict) -> None:
+    import csv
+
+    with (run_dir / "per_client.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    attack = summary["attacks"][0]
+    models = list(summary["models"])
+    table = Table(title=f"Per-client {attack}-attack AUC (members vs the client's held-out records)")
+    table.add_column("client", justify="right")
+    for m in models:
+        table.add_column(m, justify="right")
+    clients = sorted({int(r["client"]) for r in rows})
+    for c in clients:
+        cells = []
+        for m in models:
+            r = next((r for r in rows if r["model"] == m and int(r["client"]) == c and r["attack"] == attack), None)
+            cells.append(r["auc"][:5] if r else "—")
+        mark = " (withdrawn)" if c in summary["withdrawn_clients"] else ""
+        table.add_row(f"{c}{mark}", *cells)
+    console.print(table)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="experiment TOML (defaults apply to every missing key)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set data.clients=20 (repeatable)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>-<time>)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue an interrupted run directory"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="same as --set data.data_dir=..."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help='join a Ray cluster ("auto" or host:port)'),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run one experiment: train, withdraw, unlearn, retrain, audit, report."""
+    from fedunlearn.config import load_config
+    from fedunlearn.runner import run as run_experiment
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    overrides = list(set_)
+    overrides += [f'data.data_dir="{data_dir}"'] if data_dir else []
+    overrides += [f'sim.ray_address="{ray_address}"'] if ray_address else []
+    overrides += [f'sim.device="{device}"'] if device else []
+    try:
+        if resume is not None and (config is not None or overrides):
+            raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
+        cfg = load_config(config, overrides) if resume is None else None
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
+            tasks: dict[str, int] = {}
+
+            def on_round(phase: str, rnd: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=total or None)
+                progress.update(tasks[phase], completed=rnd)
+
+            if resume is not None:
+                from fedunlearn.runner import load_run_config
+
+                cfg = load_run_config(resume)
+            result = run_experiment(cfg, out=out, resume=resume, progress=on_round)  # type: ignore[arg-type]
+    except FedUnlearnError as err:
+        _fail(err)
+        return
+    _print_summary(result.summary, result.run_dir)
+    console.print(f"wall time {result.wall_s:.1f} s")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
+    """Re-draw plots and report.md from saved results."""
+    from fedunlearn.report import write_report
+
+    try:
+        if not (run_dir / "summary.json").is_file():
+            raise ConfigError(f"run directory: {run_dir} has no summary.json (not a finished fedunlearn run)")
+        path = write_report(run_dir)
+    except FedUnlearnError as err:
+        _fail(err)
+        return
+    _print_summary(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def audit(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    attacks: Optional[str] = typer.Option(None, "--attacks", help="comma-separated attack names"),
+) -> None:
+    """Re-audit a finished run from its saved models (cached signals: no retraining, seconds)."""
+    from fedunlearn.runner import load_run_config
+
+    try:
+        load_run_config(run_dir)
+        if attacks:
+            from fedunlearn.audit.attacks import ATTACKS
+
+            for a in attacks.split(","):
+                ATTACKS.get(a.strip(), "--attacks")
+        from fedunlearn.audit.stage import run_audit
+        from fedunlearn.report import write_report
+
+        summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None)
+        write_report(run_dir)
+    except FedUnlearnError as err:
+        _fail(err)
+        return
+    _print_summary(summary, run_dir)
+
+
+@app.command()
+def methods() -> None:
+    """List the unlearning methods: where their steps run and what they need."""
+    from fedunlearn.methods import METHODS
+
+    table = Table(title="Unlearning methods ([unlearn.<name>] sets their hyperparameters)")
+    for col in ("name", "what it does", "runs on", "needs", "granularity", "paper"):
+        table.add_column(col, overflow="fold")
+    for name, cls in METHODS.items():
+        needs = [n for n, flag in (("forget data (in window)", cls.needs_forget_data),
+                                    ("update history", cls.needs_history),
+                                    ("remaining clients", cls.needs_remaining_clients)) if flag]
+        where = "; ".join(f"{k}: {v}" for k, v in cls.where.items())
+        table.add_row(name, cls.summary, where, ", ".join(needs) or "—", ", ".join(cls.granularity), cls.paper)
+    console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets a config can name."""
+    from fedunlearn.data import describe_datasets
+
+    table = Table(title="Datasets (data.dataset)")
+    table.add_column("name")
+    table.add_column("description", overflow="fold")
+    for name, desc in describe_datasets():
+        table.add_row(name, desc)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted; continue with: fedunlearn run --resume RUN_DIR")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

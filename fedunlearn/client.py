@@ -1,0 +1,174 @@
+"""The client side, independent of transport: a runtime that rebuilds the client's data from the experiment config,
+and a registry of client steps (``train`` plus the local halves of the unlearning methods).
+
+``handle`` is the one entry point: the Flower ClientApp (``clients.client_app``) and the in-process federation both
+call it. Every record a step touches is read through ``ClientRuntime.read`` and so appears in the data-access ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedunlearn.access import DataRead
+from fedunlearn.config import ExperimentConfig, config_from_dict
+from fedunlearn.data import Dataset, Partitions, load_dataset, make_partitions
+from fedunlearn.federation import ClientReply
+from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
+from fedunlearn.registry import Registry
+from fedunlearn.training import seed_for, sgd, train_epochs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    weights: Weights | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+StepFn = Callable[["ClientRuntime", "Weights | None", dict[str, Any]], StepOutput]
+CLIENT_STEPS: Registry[StepFn] = Registry("client step")
+
+_EXPERIMENTS: dict[str, ExperimentConfig] = {}
+_DATA: dict[str, tuple[Dataset, Partitions]] = {}
+
+
+def experiment_from_toml(text: str) -> ExperimentConfig:
+    """Parse (and cache per process) the experiment config a message carries."""
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _EXPERIMENTS:
+        import tomllib
+
+        _EXPERIMENTS.clear()
+        _EXPERIMENTS[key] = config_from_dict(tomllib.loads(text))
+    return _EXPERIMENTS[key]
+
+
+def experiment_data(cfg: ExperimentConfig) -> tuple[Dataset, Partitions]:
+    """The dataset and partitions of an experiment; deterministic in the config, so every node rebuilds the same."""
+    key = cfg.data.model_dump_json() + f"|{cfg.seed}"
+    if key not in _DATA:
+        _DATA.clear()
+        ds = load_dataset(cfg.data, cfg.seed)
+        _DATA[key] = (ds, make_partitions(ds, cfg.data, cfg.seed))
+    return _DATA[key]
+
+
+class ClientRuntime:
+    """What a client step may use: its own records (through the ledger), a model builder, seeds, the config."""
+
+    def __init__(self, pid: int, cfg: ExperimentConfig, message: dict[str, Any]) -> None:
+        self.pid = pid
+        self.cfg = cfg
+        self.message = message
+        self.step = str(message.get("step", "train"))
+        self.reads: list[DataRead] = []
+        self.device = resolve_device(cfg.sim.device)
+
+    @cached_property
+    def _data(self) -> tuple[Dataset, Partitions]:
+        return experiment_data(self.cfg)
+
+    @property
+    def num_classes(self) -> int:
+        return self._data[0].num_classes
+
+    def read(self, split: str = "member") -> tuple[np.ndarray, np.ndarray]:
+        """This client's ``member`` (trained-on) or ``holdout`` records; every call is noted in the ledger."""
+        ds, parts = self._data
+        if split == "member":
+            idx = parts.members[self.pid]
+        elif split == "holdout":
+            idx = parts.holdout[self.pid]
+        else:
+            raise ValueError(f"split must be 'member' or 'holdout', got {split!r}")
+        self.reads.append(DataRead(self.pid, split, len(idx), self.step))
+        return ds.x_train[idx], ds.y_train[idx]
+
+    def model(self, weights: Weights | None = None) -> nn.Module:
+        ds = self._data[0]
+        m = build_model(self.cfg.model, ds.input_shape, ds.num_classes, seed=self.cfg.seed)
+        if weights is not None:
+            set_weights(m, weights)
+        return m.to(self.device)
+
+    def seed(self, *labels: int | str) -> int:
+        """A seed unique to (experiment seed, phase, round, client, labels)."""
+        return seed_for(self.cfg.seed, str(self.message.get("phase", "")), int(self.message.get("round", 0)),
+                        self.pid, *labels)
+
+    def setting(self, key: str, default: Any) -> Any:
+        """A per-message override (methods send their hyperparameters) or the default."""
+        v = self.message.get(key, default)
+        return type(default)(v) if default is not None and not isinstance(default, bool) else v
+
+
+def handle(pid: int, weights: Weights | None, message: dict[str, Any]) -> ClientReply:
+    """Run the message's step for client ``pid``; an exception becomes an error reply (the round goes on)."""
+    rt: ClientRuntime | None = None
+    try:
+        cfg = experiment_from_toml(str(message["experiment"]))
+        rt = ClientRuntime(pid, cfg, message)
+        fail = _injected_fault(cfg, pid, message)
+        if fail:
+            raise RuntimeError(fail)
+        import fedunlearn.methods  # noqa: F401 - registers the methods' client steps
+
+        out = CLIENT_STEPS.get(rt.step, "step")(rt, weights, message)
+        return ClientReply(pid, out.weights, out.metrics, rt.reads)
+    except Exception as err:  # noqa: BLE001 - a client failure is data, not a crash
+        log.warning("client %d step %s failed: %s", pid, message.get("step"), err)
+        reason = f"{type(err).__name__}: {err}"
+        if log.isEnabledFor(logging.DEBUG):
+            reason += "\n" + traceback.format_exc()
+        return ClientReply(pid, None, {}, rt.reads if rt else [], error=reason)
+
+
+def _injected_fault(cfg: ExperimentConfig, pid: int, message: dict[str, Any]) -> str | None:
+    """Fault injection for resilience tests: ``FEDUNLEARN_FAULTS=phase:round:pid,...`` (round * = any)."""
+    import os
+
+    spec = os.environ.get("FEDUNLEARN_FAULTS", "")
+    for item in filter(None, spec.split(",")):
+        phase, rnd, who = item.split(":")
+        if phase in (str(message.get("phase")), "*") and rnd in (str(message.get("round")), "*") and int(who) == pid:
+            return f"injected fault ({item})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- built-in steps
+
+
+@CLIENT_STEPS.register("train")
+def train_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
+    """FedAvg local training: ``local_epochs`` of SGD on the client's members."""
+    tc = rt.cfg.train
+    x, y = rt.read("member")
+    model = rt.model(weights)
+    opt = sgd(model, rt.setting("lr", tc.lr), tc.momentum, tc.weight_decay)
+    res = train_epochs(model, x, y, epochs=rt.setting("local_epochs", tc.local_epochs), batch_size=tc.batch_size,
+                       optimizer=opt, seed=rt.seed("train"), device=rt.device)
+    return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
+                                           "loss": res.loss, "accuracy": res.accuracy})
+
+
+def weights_checksum(weights: Weights) -> str:
+    h = hashlib.sha256()
+    for k, v in weights.items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()[:16]
+
+
+

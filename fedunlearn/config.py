@@ -1,0 +1,285 @@
+"""The experiment config: pydantic models loaded from TOML, unknown keys rejected, every problem reported at once.
+
+One experiment = one TOML file. Every key has a default; ``--set key=value`` overrides any key. The resolved config
+is written to the run directory as ``config.toml`` and is the only thing the clients need to rebuild their data.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedunlearn.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Strict):
+    dataset: str = Field("synthetic", description="digits | mnist | fashion_mnist | cifar10 | npz | synthetic")
+    data_dir: str = "data"
+    download: bool = False
+    path: str = Field("", description="npz file with arrays x and y (dataset = 'npz')")
+    # make_classification (dataset = "synthetic")
+    samples: int = Field(4000, ge=20)
+    features: int = Field(100, ge=2)
+    informative: int = Field(20, ge=1)
+    classes: int = Field(10, ge=2)
+    class_sep: float = Field(2.5, gt=0)
+    flip_y: float = Field(0.05, ge=0, le=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="test share for datasets without a test split")
+    max_samples: int = Field(0, ge=0, description="subsample the training pool (0 = all)")
+    partition: str = Field("iid", description="iid | dirichlet | shards")
+    alpha: float = Field(0.5, gt=0)
+    min_size: int = Field(10, ge=2, description="dirichlet: minimum records per client")
+    shards_per_client: int = Field(2, ge=1)
+    clients: int = Field(10, ge=2)
+    holdout: float = Field(0.2, gt=0, lt=1, description="share of each client's data kept out of training")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from fedunlearn.data.datasets import DATASETS
+
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
+        return v
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, v: str) -> str:
+        from fedunlearn.data.partition import PARTITIONERS
+
+        if v not in PARTITIONERS:
+            raise ValueError(f"unknown partitioner {v!r}; allowed: {', '.join(PARTITIONERS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _synthetic_sizes(self) -> "DataConfig":
+        if self.dataset == "synthetic" and self.informative > self.features:
+            raise ValueError(f"informative ({self.informative}) must be <= features ({self.features})")
+        if self.dataset == "npz" and not self.path:
+            raise ValueError("dataset 'npz' needs data.path (a .npz file with arrays x and y)")
+        return self
+
+
+class ModelConfig(Strict):
+    name: str = Field("mlp", description="mlp | cnn | resnet")
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="mlp hidden widths")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from fedunlearn.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(MODELS.names())}")
+        return v
+
+
+class TrainConfig(Strict):
+    rounds: int = Field(30, ge=1)
+    fraction: float = Field(1.0, gt=0, le=1, description="share of eligible clients sampled per round, in (0, 1]")
+    local_epochs: int = Field(1, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    max_failure_share: float = Field(0.0, ge=0, lt=1, description="a round fails only past this share of failed clients")
+
+
+class WithdrawConfig(Strict):
+    clients: list[int] = Field(default_factory=lambda: [0], description="partition ids; several = in sequence")
+    round: int | Literal["end"] = Field("end", description='"end" or a round number (withdrawal mid-training)')
+
+
+class UnlearnConfig(BaseModel):
+    """``methods`` plus one optional ``[unlearn.<method>]`` table of hyperparameters per method."""
+
+    model_config = ConfigDict(extra="allow")
+    methods: list[str] = Field(default_factory=lambda: ["retrain"])
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from fedunlearn.methods import METHODS
+
+        bad = [m for m in v if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; allowed: {', '.join(METHODS.names())}")
+        if len(set(v)) != len(v):
+            raise ValueError("methods must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _method_tables(self) -> "UnlearnConfig":
+        from fedunlearn.methods import METHODS
+
+        for key, value in (self.model_extra or {}).items():
+            if key not in METHODS:
+                raise ValueError(f"unknown key unlearn.{key}; allowed: methods, {', '.join(METHODS.names())}")
+            params_cls = METHODS.get(key).Params
+            setattr(self, key, params_cls.model_validate(value or {}))
+        return self
+
+    def params(self, method: str) -> BaseModel:
+        """The validated hyperparameters of ``method`` (its defaults when the table is absent)."""
+        from fedunlearn.methods import METHODS
+
+        extra = self.model_extra or {}
+        return extra.get(method) or METHODS.get(method).Params()
+
+
+class AuditConfig(Strict):
+    attacks: list[str] = Field(default_factory=lambda: ["loss"])
+    population: int = Field(5000, ge=10, description="RMIA population sample size")
+    gamma: float = Field(1.0, gt=0)
+    bootstrap: int = Field(0, ge=0, description="0 = DeLong CI for AUC; N = stratified bootstrap resamples")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        from fedunlearn.audit.attacks import ATTACKS
+
+        bad = [a for a in v if a not in ATTACKS]
+        if bad:
+            raise ValueError(f"unknown attack(s) {', '.join(map(repr, bad))}; allowed: {', '.join(ATTACKS.names())}")
+        return v
+
+
+class SimConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ray_address: str = Field("", description='"" = start local Ray; "auto" or host:port = existing cluster')
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per client actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per client actor (fractions share a GPU)")
+    backend: Literal["ray", "inprocess"] = Field("ray", description="inprocess: no Flower/Ray, for tests and debugging")
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    withdraw: WithdrawConfig = Field(default_factory=WithdrawConfig)
+    unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        k = self.data.clients
+        bad = [c for c in self.withdraw.clients if not 0 <= c < k]
+        if bad:
+            raise ValueError(f"withdraw.clients: {bad} out of range; allowed: partition ids 0..{k - 1}")
+        if len(set(self.withdraw.clients)) != len(self.withdraw.clients):
+            raise ValueError("withdraw.clients: ids must not repeat")
+        if len(self.withdraw.clients) >= k:
+            raise ValueError(f"withdraw.clients: at least one of the {k} clients must remain")
+        r = self.withdraw.round
+        if r != "end" and not 1 <= r < self.train.rounds:
+            raise ValueError(f'withdraw.round: {r} not allowed; allowed: "end" or 1..{self.train.rounds - 1}')
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return "; ".join(parts)
+
+
+def parse_value(raw: str) -> Any:
+    """Parse the value of a ``--set key=value`` as TOML (numbers, booleans, lists); fall back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (for example data.clients=20)")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a table")
+        node[parts[-1]] = parse_value(raw.strip())
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a TOML experiment file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config: {p} is not valid TOML: {err}") from None
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data)
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    """Serialize the fully resolved config (every default spelled out) as TOML."""
+    return dumps_toml(cfg.model_dump(mode="json"))
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """A minimal TOML writer for nested tables of scalars and lists (all a config holds)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
+        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if prefix and (scalars or not tables):
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {value(v)}")
+        for k, v in tables.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,186 @@
+"""The FL phases of one experiment, in order, resumable: original training → withdrawal(s) → each unlearning
+method → the retrain oracle. Transport-agnostic: it talks to a ``Federation`` (Flower on Ray, or in-process).
+
+Withdrawal window (design.md): when client u withdraws its window opens; the methods that declare
+``needs_forget_data`` run first, while it is open; then it closes and the remaining methods run. From then on u is
+never addressed again (the window refuses it) and so its data is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedunlearn.federation import Federation, ServerContext
+from fedunlearn.io import atomic_write_json
+from fedunlearn.methods import METHODS, UnlearnJob, build_method
+from fedunlearn.models import Weights, load_weights, save_weights
+from fedunlearn.rounds import FedAvgRounds
+
+log = logging.getLogger(__name__)
+ORACLE = "retrain"
+
+
+@dataclass
+class PhaseState:
+    """What is finished (``phases.json``): lets ``--resume`` skip done phases and restore the windows."""
+
+    path: Path
+    done: list[str] = field(default_factory=list)
+    window: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "PhaseState":
+        if not path.exists():
+            return cls(path)
+        d = json.loads(path.read_text())
+        return cls(path, d.get("done", []), d.get("window", {}), d.get("failed", {}))
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"done": self.done, "window": self.window, "failed": self.failed})
+
+    def is_done(self, key: str) -> bool:
+        return key in self.done
+
+    def mark(self, key: str) -> None:
+        if key not in self.done:
+            self.done.append(key)
+        self.save()
+
+
+class Phases:
+    """Runs and checkpoints the phases; ``run`` is the whole FL part of an experiment."""
+
+    def __init__(self, fed: Federation, initial: Weights) -> None:
+        self.fed = fed
+        self.ctx: ServerContext = fed.ctx
+        self.cfg = self.ctx.cfg
+        self.initial = initial
+        self.run_dir = self.ctx.run_dir
+        self.state = PhaseState.load(self.run_dir / "phases.json")
+        for pid, st in self.state.window.items():
+            self.ctx.window.state[int(pid)] = st
+
+    # ------------------------------------------------------------------ helpers
+    def _ckpt(self, key: str) -> Path:
+        return self.run_dir / "state" / f"{key}.pt"
+
+    def _checkpoint(self, key: str, weights: Weights) -> None:
+        save_weights(self._ckpt(key), weights)
+        self._save_logs()
+        self.state.mark(key)
+
+    def _save_logs(self) -> None:
+        self.ctx.rounds.save(self.run_dir / "rounds.csv")
+        self.ctx.costs.save(self.run_dir / "ledger.csv")
+
+    def _set_window(self, pid: int, action: str) -> None:
+        getattr(self.ctx.window, action)(pid)
+        self.state.window[str(pid)] = self.ctx.window.status(pid)
+        self.state.save()
+
+    @property
+    def withdraw_round(self) -> int:
+        r = self.cfg.withdraw.round
+        return self.cfg.train.rounds if r == "end" else int(r)
+
+    # ------------------------------------------------------------------ phases
+    def run(self) -> dict[str, str]:
+        """Run every phase not yet done; returns methods that failed (name -> reason)."""
+        start = self.train_original()
+        self.unlearn_all(start)
+        self.retrain()
+        self._save_logs()
+        return dict(self.state.failed)
+
+    def train_original(self) -> Weights:
+        """FedAvg over all clients, recording history; returns the model at the withdrawal round."""
+        cfg, ctx = self.cfg, self.ctx
+        rw, total = self.withdraw_round, cfg.train.rounds
+        key_w, key_o = f"original.r{rw}", "original"
+        if not self.state.is_done(key_w):
+            w = self._fedavg("original", "original", self.fed.pids, self.initial, rw, record_history=True)
+            ctx.costs.rows[-1].server_storage_bytes = ctx.history.storage_bytes()
+            self._checkpoint(key_w, w)
+        w_r = load_weights(self._ckpt(key_w))
+        if not self.state.is_done(key_o):
+            w = w_r
+            if total > rw:  # the counterfactual: training goes on with everyone
+                w = self._fedavg("original", "original", self.fed.pids, w_r, total - rw, offset=rw)
+            save_weights(self.run_dir / "models" / "original.pt", w)
+            self._checkpoint(key_o, w)
+        return w_r
+
+    def unlearn_all(self, start: Weights) -> None:
+        cfg = self.cfg
+        methods = [m for m in cfg.unlearn.methods if m != ORACLE]
+        # methods that need the forget data run first, while the window is open
+        methods.sort(key=lambda m: not METHODS.get(m).needs_forget_data)
+        chain = {m: start for m in methods}
+        remaining = list(self.fed.pids)
+        for i, u in enumerate(cfg.withdraw.clients):
+            remaining = [p for p in remaining if p != u]
+            if self.ctx.window.status(u) == "active":
+                self._set_window(u, "open")
+            for m in methods:
+                if m in self.state.failed:
+                    continue
+                key = f"{m}.w{i}"
+                if self.state.is_done(key):
+                    chain[m] = load_weights(self._ckpt(key))
+                    continue
+                if not METHODS.get(m).needs_forget_data and self.ctx.window.status(u) == "open":
+                    self._set_window(u, "close")
+                chain[m] = self._run_method(m, chain[m], [u], remaining, key)
+            if self.ctx.window.status(u) == "open":
+                self._set_window(u, "close")
+        rw, total = self.withdraw_round, cfg.train.rounds
+        for m in methods:
+            if m in self.state.failed or self.state.is_done(m):
+                continue
+            w = chain[m]
+            if total > rw:  # withdrawal mid-training: the federation trains on without the withdrawn clients
+                w = self._fedavg(m, f"{m}.continue", remaining, w, total - rw, offset=rw)
+            save_weights(self.run_dir / "models" / f"{m}.pt", w)
+            self._checkpoint(m, w)
+
+    def _run_method(self, m: str, start: Weights, withdrawn: list[int], remaining: list[int], key: str) -> Weights:
+        method = build_method(m, self.cfg.unlearn.params(m))
+        job = UnlearnJob(self.fed, m, start, self.initial, withdrawn, remaining, self.withdraw_round)
+        log.info("unlearning client(s) %s with %s", withdrawn, m)
+        try:
+            w = method.unlearn(job)
+        except Exception as err:  # noqa: BLE001 - one failed method must not lose the others
+            self.ctx.costs.stop()
+            log.error("method %s failed: %s", m, err)
+            self.state.failed[m] = f"{type(err).__name__}: {err}"
+            self.state.save()
+            self._save_logs()
+            return start
+        self._checkpoint(key, w)
+        return w
+
+    def retrain(self) -> None:
+        if self.state.is_done(ORACLE):
+            return
+        gone = set(self.cfg.withdraw.clients)
+        remaining = [p for p in self.fed.pids if p not in gone]
+        job = UnlearnJob(self.fed, ORACLE, self.initial, self.initial, sorted(gone), remaining, self.cfg.train.rounds)
+        w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
+        save_weights(self.run_dir / "models" / f"{ORACLE}.pt", w)
+        self._checkpoint(ORACLE, w)
+
+    def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
+                record_history: bool = False, offset: int = 0) -> Weights:
+        ctx = self.ctx
+        ctx.phase = phase
+        ctx.costs.start(method, phase.split(".")[-1] if "." in phase else "train")
+        try:
+            engine = FedAvgRounds(ctx, phase, pids, record_history=record_history, round_offset=offset)
+            engine.total_rounds = rounds
+            return self.fed.fedavg(engine, w, rounds)
+        finally:
+            ctx.costs.stop()

@@ -1,0 +1,69 @@
+"""The Flower transport of ``fedunlearn.federation.Federation``: messages through a ``Grid`` to ClientApps on Ray."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import Message, MessageType, RecordDict, ConfigRecord
+from flwr.serverapp import Grid
+
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.federation import ClientReply, Federation, Scalar, ServerContext
+from fedunlearn.models import Weights
+from fedunlearn.rounds import FedAvgRounds
+from strategies.records import message_type, parse_reply, request_content, to_arrays
+from strategies.withdrawal_fedavg import WithdrawalFedAvg
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 3600.0
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 300.0) -> list[int]:
+    """The ServerApp starts before the virtual nodes register: wait until all ``n`` are there."""
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() - t0 > timeout:
+            raise FedUnlearnError(f"only {len(nodes)} of {n} Flower nodes registered after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def map_partitions(grid: Grid, nodes: list[int]) -> dict[int, int]:
+    """Ask every node for its partition id (node ids are random per run): partition id -> node id."""
+    msgs = [Message(content=RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n)
+            for n in nodes]
+    out: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=TIMEOUT_S):
+        if reply.has_error():
+            raise FedUnlearnError(f"node {reply.metadata.src_node_id} failed the partition query: {reply.error.reason}")
+        out[int(reply.content.config_records["info"]["pid"])] = reply.metadata.src_node_id
+    return out
+
+
+class FlowerFederation(Federation):
+    """Delivers client steps as Flower messages; FedAvg phases run through ``WithdrawalFedAvg.start``."""
+
+    def __init__(self, ctx: ServerContext, grid: Grid, node_of_pid: dict[int, int]) -> None:
+        super().__init__(ctx, node_of_pid.keys())
+        self.grid = grid
+        self.node_of_pid = node_of_pid
+        self.pid_of_node = {v: k for k, v in node_of_pid.items()}
+
+    def _exchange(self, pids: list[int], step: str, weights: Weights | None,
+                  config: dict[str, Scalar]) -> list[ClientReply]:
+        content = request_content(weights, config)
+        msgs = [Message(content=content, message_type=message_type(step), dst_node_id=self.node_of_pid[p])
+                for p in pids]
+        replies = [parse_reply(m, self.pid_of_node) for m in self.grid.send_and_receive(msgs, timeout=TIMEOUT_S)]
+        answered = {r.pid for r in replies}
+        return replies + [ClientReply(p, error="no reply before the timeout") for p in pids if p not in answered]
+
+    def fedavg(self, engine: FedAvgRounds, weights: Weights, rounds: int) -> Weights:
+        from strategies.records import from_arrays
+
+        strategy = WithdrawalFedAvg(engine, self.node_of_pid)
+        result = strategy.start(self.grid, to_arrays(weights), num_rounds=rounds, timeout=TIMEOUT_S)
+        return from_arrays(result.arrays)

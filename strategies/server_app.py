@@ -1,0 +1,48 @@
+"""The Flower ServerApp: waits for every node, maps node ids to partitions, then runs all FL phases of the
+experiment (original training, each unlearning method, the retrain oracle) in this one simulation.
+
+Under ``fedunlearn run`` the caller hands over a prepared run through ``fedunlearn.simulation``; under
+``flwr run .`` the app reads the experiment path from ``[tool.flwr.app.config]`` and does the whole run itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedunlearn import simulation
+from fedunlearn.runner import build_server_context, finish_run, prepare_run
+from fedunlearn.experiment import Phases
+from fedunlearn.config import load_config
+from strategies.federation import FlowerFederation, map_partitions, wait_for_nodes
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    job = simulation.take_job()
+    standalone = job is None
+    if standalone:  # `flwr run .`: the experiment file comes from the app config
+        cfg = load_config(str(context.run_config.get("experiment", "experiments/quickstart.toml")))
+        run_dir = prepare_run(cfg)
+    else:
+        cfg, run_dir = job.cfg, job.run_dir
+    try:
+        nodes = wait_for_nodes(grid, cfg.data.clients)
+        if len(nodes) != cfg.data.clients:
+            raise ValueError(f"data.clients = {cfg.data.clients} but the federation has {len(nodes)} nodes")
+        ctx, initial = build_server_context(cfg, run_dir, progress=job.progress if job else None)
+        fed = FlowerFederation(ctx, grid, map_partitions(grid, nodes))
+        failed = Phases(fed, initial).run()
+        if job:
+            job.failed = failed
+        if standalone:
+            finish_run(run_dir)
+    except BaseException as err:  # hand the error to the caller's thread
+        if job is None:
+            raise
+        job.error = err

@@ -1,0 +1,71 @@
+"""FedAvg with withdrawal: excludes withdrawn clients, samples with a seeded generator, records update history.
+
+A Flower ``Strategy`` whose hooks delegate to ``fedunlearn.rounds.FedAvgRounds`` (the maths, testable without Ray):
+``configure_train`` asks it which partitions train this round and maps them to node ids; ``aggregate_train`` turns
+the replies into ``ClientReply`` objects and lets it average, account and record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedunlearn.models import Weights
+from fedunlearn.rounds import FedAvgRounds
+from strategies.records import from_arrays, message_type, parse_reply, request_content, to_arrays
+
+
+class WithdrawalFedAvg(FedAvg):
+    """FedAvg over the eligible partitions of one phase.
+
+    Parameters
+    ----------
+    engine: the phase's round hooks (eligible clients, seeded sampler, aggregation, history, ledgers).
+    node_of_pid: partition id -> Flower node id (found once per run with a ``query`` round).
+    """
+
+    def __init__(self, engine: FedAvgRounds, node_of_pid: dict[int, int]) -> None:
+        n = len(engine.eligible)
+        super().__init__(fraction_train=engine.fraction, fraction_evaluate=0.0, min_train_nodes=1,
+                         min_evaluate_nodes=0, min_available_nodes=min(n, 1))
+        self.engine = engine
+        self.node_of_pid = node_of_pid
+        self.pid_of_node = {v: k for k, v in node_of_pid.items()}
+        self._sent: Weights | None = None
+
+    def summary(self) -> None:  # Flower logs this at start; keep it short
+        pass
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        pids, cfg = self.engine.configure(server_round)
+        self._sent = from_arrays(arrays)
+        content = request_content(None, cfg)
+        content["arrays"] = arrays
+        mtype = message_type(self.engine.step)
+        return [Message(content=content, message_type=mtype, dst_node_id=self.node_of_pid[p]) for p in pids]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self._sent is not None, "aggregate_train before configure_train"
+        parsed = [parse_reply(m, self.pid_of_node) for m in replies]
+        answered = {r.pid for r in parsed}
+        from fedunlearn.federation import ClientReply
+
+        parsed += [ClientReply(p, error="no reply before the timeout") for p in self.engine.last_sampled
+                   if p not in answered]
+        new = self.engine.aggregate(server_round, self._sent, parsed)
+        rows = self.engine.ctx.rounds.rows
+        last = rows[-1] if rows else {}
+        metrics = MetricRecord({k: float(last[k]) for k in ("train_loss", "train_accuracy") if k in last})
+        return to_arrays(new), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []  # the auditor evaluates centrally; rounds.csv gets the test metrics from the engine
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
