@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny synthetic experiments that run in-process (no Ray) in a second or two."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+TINY = [
+    'name="tiny"', "seed=0",
+    'data.dataset="synthetic"', "data.samples=600", "data.features=20", "data.informative=8", "data.classes=3",
+    "data.class_sep=1.5", "data.flip_y=0.05", "data.clients=4", "data.holdout=0.25",
+    "model.hidden=[32]",
+    "train.rounds=4", "train.local_epochs=1", "train.lr=0.1", "train.batch_size=32",
+    'sim.backend="inprocess"', 'sim.device="cpu"',
+]
+
+
+def tiny_config(*overrides: str):
+    from fedunlearn.config import load_config
+
+    return load_config(None, TINY + list(overrides))
+
+
+@dataclass
+class TinyFederation:
+    """A prepared run with its server context and in-process federation; ``original`` trained on request."""
+
+    cfg: object
+    run_dir: Path
+    ctx: object
+    fed: object
+    initial: dict
+
+    def train_original(self, rounds: int | None = None):
+        from fedunlearn.rounds import FedAvgRounds
+
+        self.ctx.phase = "original"
+        self.ctx.costs.start("original", "train")
+        engine = FedAvgRounds(self.ctx, "original", self.fed.pids, record_history=True)
+        w = self.fed.fedavg(engine, self.initial, rounds or self.cfg.train.rounds)
+        self.ctx.costs.stop()
+        return w
+
+    def job(self, method: str, start, withdrawn=(0,)):
+        from fedunlearn.methods import UnlearnJob
+
+        remaining = [p for p in self.fed.pids if p not in withdrawn]
+        return UnlearnJob(self.fed, method, start, self.initial, list(withdrawn), remaining, self.cfg.train.rounds)
+
+
+def make_tiny_federation(tmp_path: Path, *overrides: str) -> TinyFederation:
+    from fedunlearn.inprocess import InProcessFederation
+    from fedunlearn.runner import build_server_context, load_run_config, prepare_run
+
+    run_dir = prepare_run(tiny_config(*overrides), tmp_path / "run")
+    cfg = load_run_config(run_dir)
+    ctx, initial = build_server_context(cfg, run_dir)
+    return TinyFederation(cfg, run_dir, ctx, InProcessFederation(ctx, range(cfg.data.clients)), initial)
+
+
+@pytest.fixture
+def tiny_fed(tmp_path: Path) -> TinyFederation:
+    return make_tiny_federation(tmp_path)
