@@ -35,6 +35,11 @@ def take_job() -> SimulationJob | None:
     return _pending.pop() if _pending else None
 
 
+def _drop_deprecation(record: logging.LogRecord) -> bool:
+    """``run_simulation`` warns that it is deprecated in favour of ``flwr run``; we support both on purpose."""
+    return "DEPRECATED FEATURE" not in record.getMessage()
+
+
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if cfg.sim.ray_address:
@@ -54,8 +59,10 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     from clients.client_app import app as client_app
     from strategies.server_app import app as server_app
 
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.WARNING)
+    flwr_log.addFilter(_drop_deprecation)
     job = SimulationJob(cfg, run_dir, progress)
     _pending.clear()
     _pending.append(job)

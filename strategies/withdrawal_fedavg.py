@@ -29,8 +29,8 @@ class WithdrawalFedAvg(FedAvg):
 
     def __init__(self, engine: FedAvgRounds, node_of_pid: dict[int, int]) -> None:
         n = len(engine.eligible)
-        super().__init__(fraction_train=engine.fraction, fraction_evaluate=0.0, min_train_nodes=1,
-                         min_evaluate_nodes=0, min_available_nodes=min(n, 1))
+        super().__init__(fraction_train=engine.fraction, fraction_evaluate=1.0, min_train_nodes=1,
+                         min_evaluate_nodes=1, min_available_nodes=min(n, 1))
         self.engine = engine
         self.node_of_pid = node_of_pid
         self.pid_of_node = {v: k for k, v in node_of_pid.items()}
