@@ -125,7 +125,12 @@ class UnlearnConfig(BaseModel):
             if key not in METHODS:
                 raise ValueError(f"unknown key unlearn.{key}; allowed: methods, {', '.join(METHODS.names())}")
             params_cls = METHODS.get(key).Params
-            setattr(self, key, params_cls.model_validate(value or {}))
+            if isinstance(value, params_cls):
+                continue
+            try:
+                setattr(self, key, params_cls.model_validate(value or {}))
+            except ValidationError as err:
+                raise ValueError(_format_errors(err, prefix=f"unlearn.{key}.")) from None
         return self
 
     def params(self, method: str) -> BaseModel:
@@ -198,7 +203,10 @@ def _format_errors(err: ValidationError, prefix: str = "") -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+        if loc and msg.startswith(f"{loc}."):  # a nested table already named its own location
+            parts.append(msg)
+        else:
+            parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
     return "; ".join(parts)
 
 
