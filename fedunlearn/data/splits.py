@@ -1,0 +1,110 @@
+"""Member / held-out split of each client's partition, and the saved ``partitions.npz`` of a run.
+
+A client trains only on its members; its held-out records are the calibrated non-members of its leakage audit (same
+distribution, never trained on), so under the retrained model the withdrawn client's attack AUC is 0.5 in expectation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedunlearn.data.partition import partition_indices
+from fedunlearn.errors import ConfigError, DataError
+from fedunlearn.io import atomic_save_npz
+
+if TYPE_CHECKING:
+    from fedunlearn.config import DataConfig
+    from fedunlearn.data.datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Partitions:
+    """Which records each client holds, by index.
+
+    Parameters
+    ----------
+    members:
+        Per client (partition id = list position): indices into ``x_train`` the client trains on.
+    holdout:
+        Per client: indices into ``x_train`` the client never trains on (audit non-members).
+    test:
+        Indices into ``x_test`` of the global test set.
+    """
+
+    members: list[np.ndarray]
+    holdout: list[np.ndarray]
+    test: np.ndarray
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.members)
+
+    def client_indices(self, pid: int) -> np.ndarray:
+        """All of client ``pid``'s records (members and held-out), sorted indices into ``x_train``."""
+        if not 0 <= pid < self.num_clients:
+            raise ConfigError(f"partition id {pid} out of range; allowed: 0..{self.num_clients - 1}")
+        return np.sort(np.concatenate([self.members[pid], self.holdout[pid]]))
+
+
+def split_member_holdout(
+    indices: np.ndarray, holdout: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle ``indices`` and keep ``round(holdout * n)`` of them out (at least one record on each side)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    if n < 2:
+        raise ConfigError(
+            f"data.clients: a client holds {n} record(s); each needs >= 2 to keep members and held-out records "
+            f"apart; lower data.clients"
+        )
+    if not 0 < holdout < 1:
+        raise ConfigError(f"data.holdout: {holdout} not allowed; allowed: 0 < holdout < 1")
+    n_hold = min(max(int(round(holdout * n)), 1), n - 1)
+    perm = rng.permutation(indices)
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def make_partitions(dataset: Dataset, cfg: DataConfig, seed: int) -> Partitions:
+    """Partition the training pool into clients, then split each client into members and held-out, all seeded."""
+    parts = partition_indices(dataset.y_train, cfg, seed)
+    members, holdout = [], []
+    for pid, idx in enumerate(parts):
+        # One generator per client: a client's split does not depend on the other clients' sizes.
+        m, h = split_member_holdout(idx, cfg.holdout, np.random.default_rng([seed, 1, pid]))
+        members.append(m)
+        holdout.append(h)
+    log.debug("members per client %s, held-out %s", [len(m) for m in members], [len(h) for h in holdout])
+    return Partitions(members, holdout, np.arange(len(dataset.y_test), dtype=np.int64))
+
+
+def save_partitions(path: str | Path, parts: Partitions) -> Path:
+    """Write ``partitions.npz`` atomically: ``member_<pid>``, ``holdout_<pid>``, ``test``, ``num_clients``."""
+    arrays: dict[str, np.ndarray] = {"num_clients": np.asarray(parts.num_clients, dtype=np.int64)}
+    for pid in range(parts.num_clients):
+        arrays[f"member_{pid}"] = np.asarray(parts.members[pid], dtype=np.int64)
+        arrays[f"holdout_{pid}"] = np.asarray(parts.holdout[pid], dtype=np.int64)
+    arrays["test"] = np.asarray(parts.test, dtype=np.int64)
+    return atomic_save_npz(path, **arrays)
+
+
+def load_partitions(path: str | Path) -> Partitions:
+    """Read a ``partitions.npz`` written by ``save_partitions``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"partitions: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            k = int(f["num_clients"])
+            members = [f[f"member_{pid}"].astype(np.int64) for pid in range(k)]
+            holdout = [f[f"holdout_{pid}"].astype(np.int64) for pid in range(k)]
+            test = f["test"].astype(np.int64)
+    except KeyError as err:
+        raise DataError(f"partitions: {path} lacks array {err}") from None
+    return Partitions(members, holdout, test)
