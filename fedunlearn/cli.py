@@ -17,7 +17,7 @@ from rich.table import Table
 from fedunlearn.errors import ConfigError, FedUnlearnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI get the whole table
 err_console = Console(stderr=True)
 
 
@@ -29,11 +29,15 @@ def _fail(err: Exception) -> None:
 def _print_summary(summary: dict, run_dir: Path) -> None:
     from fedunlearn.report import summary_table
 
-    header, rows = summary_table(summary)
+    header, rows = summary_table(summary, compact=True)
     table = Table(title=f"{summary['name']}: withdrawn client(s) {summary['withdrawn_clients']}, null band "
                         f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}]")
+    width = max(len(r[0]) for r in rows) if rows else 5
     for h in header:
-        table.add_column(h, justify="left" if h == "model" else "right")
+        if h == "model":
+            table.add_column(h, justify="left", no_wrap=True, min_width=width)
+        else:
+            table.add_column(h, justify="right")
     for r in rows:
         table.add_row(*r)
     console.print(table)

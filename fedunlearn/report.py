@@ -107,12 +107,15 @@ def plot_leakage_vs_cost(run_dir: Path, attack: str = "loss") -> Path | None:
     return out
 
 
-def summary_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """The method table shown on the terminal and in report.md."""
+def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The method table shown on the terminal (``compact``: no CIs, short headers) and in report.md."""
     attacks = summary["attacks"]
     header = ["model", "test acc", "withdrawn acc", "retained acc"]
+    if compact:
+        header = ["model", "test", "u acc", "kept"]
     for a in attacks:
-        header += [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"verdict ({a})"]
+        header += ([f"{a} AUC", "Δ retrain", "verdict"] if compact
+                   else [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"verdict ({a})"])
     header += ["wall s", "speed-up"]
     rows = []
     for m, e in summary["models"].items():
@@ -123,8 +126,10 @@ def summary_table(summary: dict) -> tuple[list[str], list[list[str]]]:
                 row += ["—", "—", "—"]
                 continue
             d = leak.get("distance_to_retrain")
-            row += [f"{leak['auc']:.3f} [{leak['auc_lo']:.3f}, {leak['auc_hi']:.3f}]",
-                    "—" if d is None or m == "retrain" else f"{d:+.3f}", leak["verdict"]]
+            auc = f"{leak['auc']:.3f}" if compact else f"{leak['auc']:.3f} [{leak['auc_lo']:.3f}, {leak['auc_hi']:.3f}]"
+            verdict = {"under-unlearned": "under", "over-unlearned": "over"}.get(leak["verdict"], leak["verdict"])
+            row += [auc, "—" if d is None or m == "retrain" else f"{d:+.3f}",
+                    verdict if compact else leak["verdict"]]
         cost = e.get("cost")
         sp = (e.get("speedup_vs_retrain") or {}).get("wall")
         row += [f"{cost['wall_s']:.1f}" if cost else "—", f"{sp:.1f}×" if sp and m != "retrain" else "—"]

@@ -57,7 +57,7 @@ class UnlearnJob:
         return self.fed.ctx.cfg
 
     def phase(self, name: str) -> str:
-        return f"{self.method}.{name}"
+        return self.method if name == self.method else f"{self.method}.{name}"
 
     def fedavg(self, weights: Weights, rounds: int, name: str, *, pids: Sequence[int] | None = None,
                step: str = "train", config: dict[str, Scalar] | None = None,
