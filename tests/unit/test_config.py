@@ -98,3 +98,8 @@ def test_cli_lists_methods_and_datasets() -> None:
     out = CliRunner().invoke(app, ["datasets"]).output
     for name in ("digits", "mnist", "fashion_mnist", "cifar10", "npz", "synthetic"):
         assert name in out
+
+
+@pytest.mark.parametrize("name", ["quickstart", "mnist", "cifar10"])
+def test_shipped_experiments_validate(name: str) -> None:
+    load_config(Path(__file__).parents[2] / "experiments" / f"{name}.toml")
