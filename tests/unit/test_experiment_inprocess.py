@@ -25,3 +25,22 @@ def test_inprocess_run_writes_contract_and_respects_window(tmp_path):
     assert not any(r["client"] == "0" and r["phase"].startswith(("retrain", "finetune")) for r in rows)
     summary = json.loads((d / "summary.json").read_text())
     assert list(summary["models"]) == ["original", "finetune", "retrain"]
+
+
+def test_mid_training_and_sequential_withdrawals(tmp_path):
+    """Clients 0 then 2 withdraw at round 2 of 4: methods chain the withdrawals, the federation trains on without
+    them, retrain excludes both, and neither client's data is read after its window."""
+    cfg = tiny_config('unlearn.methods=["retrain","finetune"]', "withdraw.clients=[0, 2]", "withdraw.round=2")
+    d = run(cfg, out=tmp_path / "r").run_dir
+    with (d / "rounds.csv").open() as fh:
+        rounds = list(csv.DictReader(fh))
+    phases = {r["phase"] for r in rounds}
+    assert {"original", "finetune", "finetune.continue", "retrain"} <= phases
+    cont = [r for r in rounds if r["phase"] == "finetune.continue"]
+    assert [int(r["round"]) for r in cont] == [3, 4] and all(r["clients"] == "2" for r in cont)
+    assert sum(r["phase"] == "finetune" for r in rounds) == 2  # one finetune round per withdrawal
+    rows = read_access_log(d / "data_access.csv")
+    for u in ("0", "2"):
+        assert [r for r in rows if r["client"] == u and r["window"] == "closed" and r["purpose"] != "audit"] == []
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["withdrawn_clients"] == [0, 2]
