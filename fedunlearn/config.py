@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedunlearn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedunlearn.registry import Registry
+
+
+def _known(registry: "Registry[Any]", name: str) -> str:
+    """Validate a name against a registry (imported lazily: registries import this module's types)."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
+    return name
 
 
 class Strict(BaseModel):
@@ -41,24 +51,22 @@ class DataConfig(Strict):
     shards_per_client: int = Field(2, ge=1)
     clients: int = Field(10, ge=2)
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each client's data kept out of training")
+    seed: int | None = Field(None, description="seed of the data (dataset, partition, splits); absent = the "
+                                               "experiment seed. The A2 seed audit varies the training seed only")
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
         from fedunlearn.data.datasets import DATASETS
 
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
-        return v
+        return _known(DATASETS, v)
 
     @field_validator("partition")
     @classmethod
     def _known_partition(cls, v: str) -> str:
         from fedunlearn.data.partition import PARTITIONERS
 
-        if v not in PARTITIONERS:
-            raise ValueError(f"unknown partitioner {v!r}; allowed: {', '.join(PARTITIONERS.names())}")
-        return v
+        return _known(PARTITIONERS, v)
 
     @model_validator(mode="after")
     def _synthetic_sizes(self) -> "DataConfig":
@@ -78,9 +86,7 @@ class ModelConfig(Strict):
     def _known_model(cls, v: str) -> str:
         from fedunlearn.models import MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(MODELS.names())}")
-        return v
+        return _known(MODELS, v)
 
 
 class TrainConfig(Strict):
@@ -142,10 +148,33 @@ class UnlearnConfig(BaseModel):
 
 
 class AuditConfig(Strict):
+    """The leakage audit (leakage.md). ``rmia`` in ``attacks`` makes the experiment train two reference federations;
+    ``retrain_null`` a second retrain with another seed (the false-alarm level of every comparison with retrain;
+    "auto" = on exactly when ``rmia`` is on, i.e. when the strong audit is paid for anyway); ``seeds = M`` (M >= 3)
+    the A2 seed-distribution audit: M more in-process replicas of the whole experiment with training seeds
+    seed+1..seed+M on the same data (``seeds/seed-<s>/``, expensive: M times the FL cost)."""
+
     attacks: list[str] = Field(default_factory=lambda: ["loss"])
     population: int = Field(5000, ge=10, description="RMIA population sample size")
     gamma: float = Field(1.0, gt=0)
     bootstrap: int = Field(0, ge=0, description="0 = DeLong CI for AUC; N = stratified bootstrap resamples")
+    retrain_null: bool | Literal["auto"] = Field("auto", description='second retrain with another seed; "auto" = '
+                                                                    "on when rmia is among the attacks")
+    seeds: int = Field(0, ge=0, description="A2 seed audit: 0 = off, M >= 3 = M extra seeds of every model")
+    fr_alpha: float = Field(0.1, gt=0, lt=1, description="forgetting rate: A0 threshold at this FPR (original model)")
+    fdr_q: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg FDR level over clients")
+    vulnerable_top: int = Field(10, ge=1, description="records per client in vulnerable_records.csv")
+
+    @field_validator("seeds")
+    @classmethod
+    def _enough_seeds(cls, v: int) -> int:
+        if v in (1, 2):
+            raise ValueError(f"{v} not allowed; allowed: 0 (off) or >= 3 (leave-one-seed-out U-LiRA needs 3)")
+        return v
+
+    def wants_retrain_null(self) -> bool:
+        """Whether the experiment trains ``retrain_null`` (resolves "auto")."""
+        return "rmia" in self.attacks if self.retrain_null == "auto" else bool(self.retrain_null)
 
     @field_validator("attacks")
     @classmethod
@@ -164,6 +193,17 @@ class SimConfig(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per client actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per client actor (fractions share a GPU)")
     backend: Literal["ray", "inprocess"] = Field("ray", description="inprocess: no Flower/Ray, for tests and debugging")
+    faults: str = Field("", description="testing: make clients fail, 'phase:round:pid,...' (round '*' = any); "
+                                        "travels with the config, so it reaches Ray workers on every node")
+
+    @field_validator("faults")
+    @classmethod
+    def _fault_spec(cls, v: str) -> str:
+        for item in filter(None, v.split(",")):
+            parts = item.split(":")
+            if len(parts) != 3 or not parts[2].isdigit() or not (parts[1] == "*" or parts[1].isdigit()):
+                raise ValueError(f"bad fault {item!r}; expected phase:round:pid (round may be *), e.g. original:2:1")
+        return v
 
 
 class ExperimentConfig(Strict):
@@ -177,6 +217,11 @@ class ExperimentConfig(Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
 
+    @property
+    def data_seed(self) -> int:
+        """Seed of the data (dataset, partition, member/held-out splits): ``data.seed``, else ``seed``."""
+        return self.seed if self.data.seed is None else self.data.seed
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
         k = self.data.clients
@@ -187,6 +232,9 @@ class ExperimentConfig(Strict):
             raise ValueError("withdraw.clients: ids must not repeat")
         if len(self.withdraw.clients) >= k:
             raise ValueError(f"withdraw.clients: at least one of the {k} clients must remain")
+        if "rmia" in self.audit.attacks and k - len(self.withdraw.clients) < 2:
+            raise ValueError("audit.attacks: rmia needs >= 2 remaining clients (two reference federations on "
+                             f"complementary halves); {k - len(self.withdraw.clients)} remain")
         r = self.withdraw.round
         if r != "end" and not 1 <= r < self.train.rounds:
             raise ValueError(f'withdraw.round: {r} not allowed; allowed: "end" or 1..{self.train.rounds - 1}')
