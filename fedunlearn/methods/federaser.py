@@ -149,7 +149,8 @@ class FedEraser(UnlearningMethod):
         items = []
         for r in ok:
             old, _ = ctx.history.load_update(t, r.pid)
-            items.append((calibrate(old, subtract(r.weights, w)), float(max(r.num_examples, 1))))  # type: ignore[arg-type]
+            new = subtract(r.weights, w)  # type: ignore[arg-type]
+            items.append((calibrate(old, new), float(max(r.num_examples, 1))))
         w = apply_update(w, weighted_average(items))
         test_loss, test_acc = ctx.evaluate(w) if ctx.evaluate else (float("nan"), float("nan"))
         n = sum(max(r.num_examples, 1) for r in ok)

@@ -19,11 +19,14 @@ from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","federaser"]'
 
+# trained close to convergence (u accuracy 0.93), so "forget accuracy does not rise" is meaningful
+CONVERGED = ("train.rounds=6", "train.local_epochs=3", "train.batch_size=64", "train.lr=0.2")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny federation trained for 8 rounds (history stored every 2 rounds) and its final model."""
-    tf = make_tiny_federation(tmp_path_factory.mktemp("federaser"), METHODS, "train.rounds=8", "train.local_epochs=3")
+    """A tiny federation trained close to convergence (history stored every 2 rounds) and its final model."""
+    tf = make_tiny_federation(tmp_path_factory.mktemp("federaser"), METHODS, *CONVERGED)
     return tf, tf.train_original()
 
 
@@ -70,7 +73,7 @@ def test_federaser_unlearns_from_history_without_u(trained, monkeypatch):
     tf, w_t = trained
     hist = tf.ctx.history
     stored = hist.rounds()
-    assert stored == [1, 3, 5, 7]
+    assert stored == [1, 3, 5]
     assert 0 in hist.clients_at(1)  # u's updates are stored, yet must not be used
     loaded: list[int] = []
     real_load = hist.load_update
@@ -90,7 +93,7 @@ def test_federaser_unlearns_from_history_without_u(trained, monkeypatch):
     assert mine and all(r["client"] != "0" for r in mine)
     assert {r["purpose"] for r in mine} == {"federaser_calibrate"}
     # the round log got one row per calibrated round
-    assert [r["round"] for r in tf.ctx.rounds.rows if r["phase"] == "federaser.calibrate"][-4:] == stored
+    assert [r["round"] for r in tf.ctx.rounds.rows if r["phase"] == "federaser.calibrate"][-len(stored):] == stored
 
 
 def test_federaser_is_deterministic(trained):
