@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
+from fedunlearn.methods.federaser import FedEraser
 from fedunlearn.methods.finetune import Finetune
+from fedunlearn.methods.forsaken import Forsaken
+from fedunlearn.methods.lightweight import Lightweight
+from fedunlearn.methods.mia_loss import MiaLoss
+from fedunlearn.methods.pga import PGA
 from fedunlearn.methods.retrain import Retrain
+from fedunlearn.methods.unsir import UNSIR
 from fedunlearn.registry import Registry
 
 METHODS: Registry[type[UnlearningMethod]] = Registry("method")
-for _cls in (Retrain, Finetune):
+for _cls in (Retrain, Finetune, Lightweight, MiaLoss, Forsaken, UNSIR, FedEraser, PGA):
     METHODS.register(_cls.name)(_cls)
     _cls.register_steps()
 

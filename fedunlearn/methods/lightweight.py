@@ -1,10 +1,9 @@
 """``lightweight`` — perturb the trained weights slightly, then let FedAvg on the remaining data iterate away from u.
 
 Paper: Kongyang Chen, Yao Huang, Yiwen Wang, "Lightweight machine unlearning in neural network", arXiv 2111.05528,
-2021 (preprint). Only the abstract is public to us: perturb the trained
-model's weights slightly, then iterate toward the model the remaining data would produce until the forgotten
-data's contribution is gone (reported 15x faster than retraining on five datasets, no extra storage). Everything
-concrete below is our reading (methods.md):
+2021 (preprint). Only the abstract is public to us: perturb the trained model's weights slightly, then iterate
+toward the model the remaining data would produce until the forgotten data's contribution is gone (reported 15x
+faster than retraining on five datasets, no extra storage). Everything concrete below is our reading (methods.md):
 
 1. Server: w <- w_T + eps, eps_l ~ N(0, (sigma * std(w_T,l))^2) per float parameter tensor l; BatchNorm running
    statistics and counters are not perturbed (``models.is_float_param``). Seeded by (experiment seed, withdrawn ids).
@@ -14,21 +13,22 @@ concrete below is our reading (methods.md):
    global model) and the null band 0.5 +/- max(0.01, 1.96 SE_null) of leakage.md; stop once the AUC is at or below
    the band's upper edge (only scalars leave u). ``max_rounds`` caps it. If the window is not open the rule falls
    back to the budget (logged). ``stop = "budget"``: exactly ``max_rounds`` rounds (default 10% of R, at least 1).
-   ``sigma = 0`` is ``finetune`` with the same stopping rule (the ablation of the perturbation; same phase name and
-   per-round seeds, so with ``stop = "budget"`` it reproduces ``finetune`` bit for bit).
+   ``sigma = 0`` is ``finetune`` with the same stopping rule (the ablation of the perturbation): the same step,
+   recipe and per-round seeding as ``finetune``'s rounds (phase ``finetune``), so under the method name
+   ``finetune`` and ``stop = "budget"`` it reproduces ``finetune`` bit for bit (a unit test checks it).
 
 Variant ``variant = "kl"`` (same first author's federated follow-up: Kongyang Chen, Dongping Zhang, Yaping Chai,
 Weibin Zhang, Shaowei Wang, Jiaxing Shen, "Federated Unlearning for Human Activity Recognition", arXiv 2404.03659,
-2024, reporting 294-6119x speed-ups): u fine-tunes so that its outputs on D_u match those on reference data, KL(f(D_u) || f(D_ref)), while the
-remaining clients train lambda * CE on their data. Federated split (our design): each round is a mixed FedAvg round
-from the same global model — u runs ``lightweight_kl`` (SGD with the recipe's learning rate on KL(p(x) || p(n)) per
-pair of a forget record x and a reference input n; the reference outputs are a fixed target, computed in eval mode
-without gradient), the sampled remaining clients run ``lightweight_ce`` (SGD on lambda * CE), and the server averages
-all updates weighted by examples: FedAvg of the objective sum_k n_k L_k with L_u = KL and L_k = lambda * CE. D_ref is
-random noise drawn by u with the per-feature mean and standard deviation of D_u (our choice: the paper also allows
-third-party data, which a client rarely holds; matching moments keeps the noise on the input scale). The server
-perturbation still runs first (``sigma = 0`` drops it). Outside the window u cannot take part: the rounds fall back
-to the plain remaining-client rounds (logged).
+2024, reporting 294-6119x speed-ups): u fine-tunes so that its outputs on D_u match those on reference data,
+KL(f(D_u) || f(D_ref)), while the remaining clients train lambda * CE on their data. Federated split (our design):
+each round is a mixed FedAvg round from the same global model — u runs ``lightweight_kl`` (SGD with the recipe's
+learning rate on KL(p(x) || p(n)) per pair of a forget record x and a reference input n; the reference outputs are a
+fixed target, computed in eval mode without gradient), the sampled remaining clients run ``lightweight_ce`` (SGD on
+lambda * CE), and the server averages all updates weighted by examples: FedAvg of the objective sum_k n_k L_k with
+L_u = KL and L_k = lambda * CE. D_ref is random noise drawn by u with the per-feature mean and standard deviation of
+D_u (our choice: the paper also allows third-party data, which a client rarely holds; matching moments keeps the
+noise on the input scale). The server perturbation still runs first (``sigma = 0`` drops it). Outside the window u
+cannot take part: the rounds fall back to the plain remaining-client rounds (logged).
 
 Ledger phases: ``perturb`` (server), ``finetune`` or ``kl`` (training rounds), ``verify`` (one query round each).
 """
