@@ -133,8 +133,12 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
 def audit(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
     attacks: Optional[str] = typer.Option(None, "--attacks", help="comma-separated attack names"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="A2 seed audit with M >= 3 seed replicas (trained "
+                                        "in-process the first time: M times the FL cost); 0 = off; "
+                                        "default: the run's audit.seeds"),
 ) -> None:
-    """Re-audit a finished run from its saved models (cached signals: no retraining, seconds)."""
+    """Re-audit a finished run from its saved models (cached signals: no retraining, seconds; --seeds M trains the
+    A2 replicas once)."""
     from fedunlearn.runner import load_run_config
 
     try:
@@ -147,7 +151,7 @@ def audit(
         from fedunlearn.audit.stage import run_audit
         from fedunlearn.report import write_report
 
-        summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None)
+        summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None, seeds=seeds)
         write_report(run_dir)
     except FedUnlearnError as err:
         _fail(err)
@@ -160,7 +164,7 @@ def methods() -> None:
     """List the unlearning methods: where their steps run and what they need."""
     from fedunlearn.methods import METHODS
 
-    table = Table(title="Unlearning methods ([unlearn.<name>] sets their hyperparameters)")
+    table = Table(title="Unlearning methods (\\[unlearn.<name>] sets their hyperparameters)")
     for col in ("name", "what it does", "runs on", "needs", "granularity", "paper"):
         table.add_column(col, overflow="fold")
     for name, cls in METHODS.items():
