@@ -57,11 +57,12 @@ def experiment_from_toml(text: str) -> ExperimentConfig:
 
 def experiment_data(cfg: ExperimentConfig) -> tuple[Dataset, Partitions]:
     """The dataset and partitions of an experiment; deterministic in the config, so every node rebuilds the same."""
-    key = cfg.data.model_dump_json() + f"|{cfg.seed}"
+    seed = cfg.data_seed
+    key = cfg.data.model_dump_json() + f"|{seed}"
     if key not in _DATA:
         _DATA.clear()
-        ds = load_dataset(cfg.data, cfg.seed)
-        _DATA[key] = (ds, make_partitions(ds, cfg.data, cfg.seed))
+        ds = load_dataset(cfg.data, seed)
+        _DATA[key] = (ds, make_partitions(ds, cfg.data, seed))
     return _DATA[key]
 
 
@@ -136,10 +137,12 @@ def handle(pid: int, weights: Weights | None, message: dict[str, Any]) -> Client
 
 
 def _injected_fault(cfg: ExperimentConfig, pid: int, message: dict[str, Any]) -> str | None:
-    """Fault injection for resilience tests: ``FEDUNLEARN_FAULTS=phase:round:pid,...`` (round * = any)."""
+    """Fault injection for resilience tests: ``sim.faults`` (travels with the config, so it reaches every Ray
+    worker) and ``FEDUNLEARN_FAULTS`` (environment; reaches workers only of a Ray started after it was set), both
+    ``phase:round:pid,...`` (phase or round ``*`` = any)."""
     import os
 
-    spec = os.environ.get("FEDUNLEARN_FAULTS", "")
+    spec = ",".join(filter(None, (cfg.sim.faults, os.environ.get("FEDUNLEARN_FAULTS", ""))))
     for item in filter(None, spec.split(",")):
         phase, rnd, who = item.split(":")
         if phase in (str(message.get("phase")), "*") and rnd in (str(message.get("round")), "*") and int(who) == pid:

@@ -1,5 +1,6 @@
 """The FL phases of one experiment, in order, resumable: original training → withdrawal(s) → each unlearning
-method → the retrain oracle. Transport-agnostic: it talks to a ``Federation`` (Flower on Ray, or in-process).
+method → the retrain oracle → (audit only) the RMIA reference federations and a second retrain with another seed.
+Transport-agnostic: it talks to a ``Federation`` (Flower on Ray, or in-process).
 
 Withdrawal window (design.md): when client u withdraws its window opens; the methods that declare
 ``needs_forget_data`` run first, while it is open; then it closes and the remaining methods run. From then on u is
@@ -13,14 +14,33 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fedunlearn.federation import Federation, ServerContext
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.models import Weights, load_weights, save_weights
 from fedunlearn.rounds import FedAvgRounds
+from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
 ORACLE = "retrain"
+REFERENCES = ("reference_a", "reference_b")
+RETRAIN_NULL = "retrain_null"
+
+
+def reference_halves(pids: list[int], withdrawn: list[int], seed: int) -> tuple[list[int], list[int]]:
+    """RMIA's two reference federations: a seeded random half of the clients that never withdrew, and the rest.
+
+    Withdrawn clients are in NEITHER half: their windows are closed by the time the references train, so they cannot
+    be addressed. That is still valid for RMIA: their records are OUT for both references, so either may serve as
+    the reference that excludes them (the audit uses reference A). Half A gets the odd client.
+    """
+    gone = set(withdrawn)
+    eligible = np.array(sorted(p for p in pids if p not in gone), dtype=np.int64)
+    perm = np.random.default_rng(seed_for(seed, "references")).permutation(eligible)
+    h = (len(perm) + 1) // 2
+    return sorted(int(x) for x in perm[:h]), sorted(int(x) for x in perm[h:])
 
 
 @dataclass
@@ -93,6 +113,10 @@ class Phases:
         start = self.train_original()
         self.unlearn_all(start)
         self.retrain()
+        if "rmia" in self.cfg.audit.attacks:
+            self.references()
+        if self.cfg.audit.wants_retrain_null():
+            self.retrain_null()
         self._save_logs()
         return dict(self.state.failed)
 
@@ -172,6 +196,42 @@ class Phases:
         w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
         save_weights(self.run_dir / "models" / f"{ORACLE}.pt", w)
         self._checkpoint(ORACLE, w)
+
+    def references(self) -> None:
+        """RMIA (A1) reference federations, shared by every model and client of the audit: FedAvg from w_0 with the
+        original recipe (rounds, fraction, local epochs) on complementary halves of the remaining clients
+        (``reference_halves``); saved as ``models/reference_{a,b}.pt`` (not audited) and the halves in
+        ``references.json``. Ledger method "references"."""
+        half_a, half_b = reference_halves(self.fed.pids, self.cfg.withdraw.clients, self.cfg.seed)
+        atomic_write_json(self.run_dir / "references.json", {
+            "reference_a": half_a, "reference_b": half_b, "out_of_both": sorted(self.cfg.withdraw.clients),
+            "note": "withdrawn clients are in neither half (their windows are closed): OUT for both references"})
+        for name, pids in zip(REFERENCES, (half_a, half_b)):
+            if self.state.is_done(name):
+                continue
+            w = self._fedavg("references", name, pids, self.initial, self.cfg.train.rounds)
+            self.ctx.costs.rows[-1].phase = name
+            save_weights(self.run_dir / "models" / f"{name}.pt", w)
+            self._checkpoint(name, w)
+
+    def retrain_null(self) -> None:
+        """The retrain oracle once more with another seed (fresh initial weights, other client sampling and data
+        order): ``models/retrain_null.pt``, never audited as a model; the audit compares it with retrain to measure
+        how often two retrains already look "significantly different" (the false-alarm level)."""
+        if self.state.is_done(RETRAIN_NULL):
+            return
+        from fedunlearn.client import experiment_data
+        from fedunlearn.models import build_model, get_weights
+
+        ds, _ = experiment_data(self.cfg)
+        w0 = get_weights(build_model(self.cfg.model, ds.input_shape, ds.num_classes,
+                                     seed=seed_for(self.cfg.seed, RETRAIN_NULL)))
+        gone = set(self.cfg.withdraw.clients)
+        remaining = [p for p in self.fed.pids if p not in gone]
+        job = UnlearnJob(self.fed, RETRAIN_NULL, w0, w0, sorted(gone), remaining, self.cfg.train.rounds)
+        w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
+        save_weights(self.run_dir / "models" / f"{RETRAIN_NULL}.pt", w)
+        self._checkpoint(RETRAIN_NULL, w)
 
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
                 record_history: bool = False, offset: int = 0) -> Weights:

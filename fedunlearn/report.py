@@ -107,6 +107,270 @@ def plot_leakage_vs_cost(run_dir: Path, attack: str = "loss") -> Path | None:
     return out
 
 
+# --------------------------------------------------------------------------------------------- audit pictures
+
+_MAX_GRID_CLIENTS = 24
+
+
+def _model_style(model: str, models: list[str]) -> dict:
+    if model == "original":
+        return {"color": "0.25", "lw": 1.6, "ls": "-"}
+    if model == "retrain":
+        return {"color": "tab:green", "lw": 1.6, "ls": "--"}
+    methods = [m for m in models if m not in ("original", "retrain")]
+    idx = methods.index(model) if model in methods else len(methods)
+    return {"color": plt.get_cmap("tab10")((idx + 3) % 10), "lw": 1.2, "ls": "-"}
+
+
+def _roc(mem, non):  # noqa: ANN001, ANN202 - score arrays in, (fpr, tpr) out
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    y = np.concatenate([np.ones(len(mem)), np.zeros(len(non))])
+    fpr, tpr, _ = roc_curve(y, np.concatenate([mem, non]))
+    return fpr, tpr
+
+
+def _curves(scores: dict, models: list[str], client: int, attack: str) -> tuple[list, int]:
+    curves, n = [], 2
+    for m in models:
+        if (m, client, attack) in scores:
+            mem, non = scores[(m, client, attack)]
+            curves.append((m, *_roc(mem, non)))
+            n = max(n, len(mem), len(non))
+    return curves, n
+
+
+def _draw_roc(ax: plt.Axes, curves: list, models: list[str], loglog: bool, n: int) -> None:
+    """ROC curves on linear axes, or log-log (the low-FPR regime; values below 1/(2n) are drawn at 1/(2n))."""
+    import numpy as np
+
+    lo = 1.0 / (2 * n)
+    for model, fpr, tpr in curves:
+        st = _model_style(model, models)
+        if loglog:
+            ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), label=model, **st)
+        else:
+            ax.plot(fpr, tpr, label=model, **st)
+    if loglog:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1)
+        ax.plot([lo, 1], [lo, 1], color="0.6", lw=0.7, ls=":")
+    else:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.7, ls=":")
+
+
+def plot_roc_withdrawn(run_dir: Path, scores: dict, summary: dict) -> list[Path]:
+    """One PNG per withdrawn client: a row per attack, linear and log-log ROC, original / methods / retrain."""
+    models = list(summary["models"])
+    attacks = summary["attacks"]
+    outs = []
+    for u in summary["withdrawn_clients"]:
+        fig, axes = plt.subplots(len(attacks), 2, figsize=(9, 3.9 * len(attacks)), squeeze=False)
+        for i, a in enumerate(attacks):
+            curves, n = _curves(scores, models, u, a)
+            for j, loglog in enumerate((False, True)):
+                _draw_roc(axes[i, j], curves, models, loglog, n)
+                axes[i, j].set(xlabel="FPR", ylabel="TPR",
+                               title=f"client {u} (withdrawn), {a}: {'log-log' if loglog else 'linear'}")
+            axes[i, 0].legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        out = run_dir / "plots" / f"roc_client{u}.png"
+        _save(fig, out)
+        outs.append(out)
+    return outs
+
+
+def plot_roc_grid(run_dir: Path, scores: dict, summary: dict, attack: str) -> Path | None:
+    """Every client's ROC for one attack, linear | log-log side by side; at most 24 clients (withdrawn first)."""
+    models = list(summary["models"])
+    withdrawn = summary["withdrawn_clients"]
+    clients = sorted({k for (_, k, a) in scores if a == attack}, key=lambda k: (k not in withdrawn, k))
+    clients = clients[:_MAX_GRID_CLIENTS]
+    if not clients:
+        return None
+    per_row = 2
+    nrows = math.ceil(len(clients) / per_row)
+    fig, axes = plt.subplots(nrows, 2 * per_row, figsize=(3.6 * 2 * per_row, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for i, k in enumerate(clients):
+        curves, n = _curves(scores, models, k, attack)
+        for j, loglog in enumerate((False, True)):
+            ax = axes[i // per_row, 2 * (i % per_row) + j]
+            ax.set_visible(True)
+            _draw_roc(ax, curves, models, loglog, n)
+            mark = " (withdrawn)" if k in withdrawn else ""
+            ax.set_title(f"client {k}{mark}, {'log-log' if loglog else 'linear'}", fontsize=9,
+                         color="crimson" if mark else "black")
+            ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"ROC per client, {attack} attack (members vs that client's held-out records)")
+    out = run_dir / "plots" / f"roc_grid_{attack}.png"
+    _save(fig, out)
+    return out
+
+
+def plot_auc_heatmap(run_dir: Path, summary: dict) -> Path | None:
+    """AUC over clients (rows) x models (columns), one panel per attack; withdrawn clients marked with *."""
+    import numpy as np
+
+    rows = _read_csv(run_dir / "per_client.csv")
+    if not rows:
+        return None
+    models = list(summary["models"])
+    attacks = summary["attacks"]
+    clients = sorted({int(r["client"]) for r in rows})
+    fig, axes = plt.subplots(1, len(attacks), figsize=(1.0 * len(models) * len(attacks) + 3,
+                                                       0.32 * len(clients) + 2.2), squeeze=False)
+    img = None
+    for ax, a in zip(axes[0], attacks):
+        grid = np.full((len(clients), len(models)), np.nan)
+        for r in rows:
+            if r["attack"] == a and r["model"] in models:
+                grid[clients.index(int(r["client"])), models.index(r["model"])] = _f(r["auc"])
+        img = ax.imshow(grid, cmap="RdBu_r", vmin=0.0, vmax=1.0, aspect="auto")
+        if len(clients) * len(models) <= 400:
+            for (i, j), v in np.ndenumerate(grid):
+                if not math.isnan(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(v - 0.5) > 0.3 else "black")
+        ax.set_xticks(range(len(models)), models, rotation=45, ha="right", fontsize=8)
+        labels = [f"{c}*" if c in summary["withdrawn_clients"] else str(c) for c in clients]
+        ax.set_yticks(range(len(clients)), labels, fontsize=7)
+        ax.set_title(f"{a} AUC", fontsize=10)
+    axes[0, 0].set_ylabel("client (* = withdrawn)")
+    fig.colorbar(img, ax=axes[0].tolist(), shrink=0.8, label="AUC (0.5 = no leakage)")
+    out = run_dir / "plots" / "auc_heatmap.png"
+    _save(fig, out)
+    return out
+
+
+def plot_epsilon_hist(run_dir: Path) -> Path | None:
+    """A2: histogram of the per-example epsilon of the withdrawn members, per model and retrain-vs-retrain."""
+    import numpy as np
+
+    rows = _read_csv(run_dir / "seed_audit.csv")
+    if not rows:
+        return None
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r["model"], []).append(_f(r["epsilon"]))
+    top = max(max(v) for v in groups.values())
+    bins = np.linspace(0, max(top, 0.5) + 1e-9, 25)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for m, v in groups.items():
+        null = m == "retrain_vs_retrain"
+        style = {"alpha": 0.3, "color": "tab:green"} if null else {"histtype": "step", "lw": 1.5}
+        ax.hist(v, bins=bins, label="retrain vs retrain (half the seeds)" if null else m, **style)
+    ax.set(xlabel="per-example ε (two-sided, δ = 1e-5)", ylabel="withdrawn member records",
+           title="A2: how distinguishable each model is from retrain, record by record")
+    ax.legend(fontsize=7)
+    out = run_dir / "plots" / "epsilon_hist.png"
+    _save(fig, out)
+    return out
+
+
+def plot_vulnerable_records(run_dir: Path) -> Path | None:
+    """Image datasets: the most vulnerable members of each client (``vulnerable_records.csv``) as a picture grid."""
+    rows = _read_csv(run_dir / "vulnerable_records.csv")
+    if not rows:
+        return None
+    from fedunlearn.config import load_config
+
+    cfg = load_config(run_dir / "config.toml")
+    if cfg.data.dataset == "synthetic":
+        return None
+    from fedunlearn.client import experiment_data
+
+    ds, _ = experiment_data(cfg)
+    if ds.x_train.ndim != 4:
+        return None
+    by_client: dict[int, list[dict[str, str]]] = {}
+    for r in rows:
+        by_client.setdefault(int(r["client"]), []).append(r)
+    clients = sorted(by_client)[:_MAX_GRID_CLIENTS]
+    ncols = max(len(v) for v in by_client.values())
+    fig, axes = plt.subplots(len(clients), ncols, figsize=(1.1 * ncols + 0.8, 1.25 * len(clients)), squeeze=False)
+    for i, k in enumerate(clients):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(by_client[k]):
+                ax.set_visible(False)
+                continue
+            rec = int(by_client[k][j]["record"])
+            x = ds.x_train[rec]
+            img = x.transpose(1, 2, 0) if x.shape[0] == 3 else x[0]
+            img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+            ax.imshow(img, cmap=None if x.shape[0] == 3 else "gray")
+            ax.set_title(f"#{rec} y={int(ds.y_train[rec])}", fontsize=6)
+        axes[i, 0].set_ylabel(f"client {k}", fontsize=8)
+    fig.suptitle(f"Most vulnerable members per client under the original model ({rows[0]['attack']} score)",
+                 fontsize=9)
+    out = run_dir / "plots" / "vulnerable_records.png"
+    _save(fig, out)
+    return out
+
+
+def _num(v: object, fmt: str = ".3f") -> str:
+    return "undefined" if v is None else format(v, fmt)
+
+
+def audit_sections(summary: dict) -> list[str]:
+    """report.md sections of the leakage audit: forgetting rate, other clients, retrain null, RMIA set-up, A2."""
+    lines: list[str] = []
+    methods = [m for m in summary["models"] if m != "original"]
+    frs = {m: summary["models"][m].get("forgetting_rate") for m in methods}
+    if any(frs.values()):
+        alpha = summary.get("forgetting_rate", {}).get("alpha", 0.1)
+        lines += ["", f"## Forgetting rate (Forsaken; A0 threshold at FPR {alpha} fixed on the original model)", "",
+                  "| model | FR | per-record FR | B_T | FR(retrain) | per-record FR(retrain) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {_num(fr['fr'])} | {_num(fr['fr_per_record'])} | {fr['b_t']} | {_num(fr['fr_retrain'])} | "
+                  f"{_num(fr['fr_per_record_retrain'])} |" for m, fr in frs.items() if fr]
+        lines += ["", "Undefined when no withdrawn member was judged a member before unlearning (B_T = 0); negative "
+                  "when more records look like members after unlearning. A retrained model does not score 1."]
+    comp = summary.get("comparisons", {}).get("methods", {})
+    if comp:
+        lines += ["", f"## Other clients (paired DeLong, Benjamini–Hochberg q = {summary['comparisons']['q']})", "",
+                  "| method | attack | remaining clients ≠ retrain | onion effect (remaining ≠ original) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m} | {a} | {e['remaining_differ_from_retrain'] or '—'} | {e['onion_effect'] or '—'} |"
+                  for m, per in comp.items() for a, e in per.items()]
+    null = summary.get("retrain_null", {}).get("attacks", {})
+    if null:
+        lines += ["", "## False-alarm level: retrain vs retrain with another seed", "",
+                  "| attack | clients flagged (BH) | raw p < 0.05 | mean abs ΔAUC | max abs ΔAUC "
+                  "| withdrawn verdict |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {a} | {e['bh_flagged']}/{e['clients']} | {e['raw_p_below_0.05']} | {e['mean_abs_delta_auc']:.3f} "
+                  f"| {e['max_abs_delta_auc']:.3f} | {e['withdrawn_verdict']} |" for a, e in null.items()]
+    rmia = summary.get("rmia")
+    if rmia:
+        h = rmia["halves"]
+        lines += ["", "## RMIA set-up", "",
+                  f"Reference A trained on clients {h['reference_a']}, reference B on {h['reference_b']}; withdrawn "
+                  f"clients {h['out_of_both']} are OUT for both. a = {rmia['a']} (tuned by attacking reference A with "
+                  f"reference B: AUC {_num(rmia['tuning_auc'])}); population {rmia['population_size']} records."]
+    a2 = summary.get("seed_audit")
+    if a2 and a2.get("models"):
+        null_eps = a2["retrain_vs_retrain"]
+        lines += ["", f"## A2 seed audit ({a2['seeds']} seeds, {a2['records']} withdrawn members)", "",
+                  "| model | mean ε | median ε | challenge score | mean ε (half the seeds) | U-LiRA accuracy |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {e['epsilon_mean']:.2f} | {e['epsilon_median']:.2f} | {e['challenge_score']:.3f} | "
+                  f"{e['epsilon_half_mean']:.2f} | {e['ulira_accuracy_mean']:.3f} |" for m, e in a2["models"].items()]
+        lines.append(f"| retrain vs retrain | | | {null_eps['challenge_score_half']:.3f} (half) | "
+                     f"{null_eps['epsilon_half_mean']:.2f} | |")
+    return lines
+
+
 def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """The method table shown on the terminal (``compact``: no CIs, short headers) and in report.md."""
     attacks = summary["attacks"]
@@ -144,6 +408,15 @@ def write_report(run_dir: Path) -> Path:
     for a in summary["attacks"]:
         plots.append(plot_client_auc(run_dir, a))
         plots.append(plot_leakage_vs_cost(run_dir, a))
+    from fedunlearn.audit.stage import load_scores
+
+    scores = load_scores(run_dir)
+    if scores:
+        plots += plot_roc_withdrawn(run_dir, scores, summary)
+        plots += [plot_roc_grid(run_dir, scores, summary, a) for a in summary["attacks"]]
+    plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
+    if summary.get("seed_audit"):
+        plots.append(plot_epsilon_hist(run_dir))
     header, rows = summary_table(summary)
     lines = [f"# fedunlearn report: {summary['name']}", "",
              f"Withdrawn client(s): {summary['withdrawn_clients']}; seed {summary['seed']}; "
@@ -154,10 +427,15 @@ def write_report(run_dir: Path) -> Path:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if summary.get("failed_methods"):
         lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
+    lines += audit_sections(summary)
     lines += ["", "Verdicts: *inside* the null band = unlearned as far as this attack can tell; *under-unlearned* = "
-              "above it (still leaks membership); *over-unlearned* = below it (a detectable 'Streisand' signal).",
+              "above it (still leaks membership); *over-unlearned* = below it (a detectable 'Streisand' signal). "
+              "Before/after attacks (difference) are judged against retrain's own AUC ± the same half-width: exact "
+              "unlearning also moves the forgotten records, so a larger difference than retrain's is over-unlearning.",
               "", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
-    lines += ["", "Files: `per_client.csv` (every model × client × attack), `ledger.csv` (costs per method and phase), "
-              "`rounds.csv` (per-round metrics), `data_access.csv` (every read of client data).", ""]
+    lines += ["", "Files: `per_client.csv` (every model × client × attack, with ΔAUC, paired DeLong p-values and "
+              "Benjamini–Hochberg flags vs retrain and vs the original), `vulnerable_records.csv` (most exposed "
+              "members per client), `ledger.csv` (costs per method and phase), `rounds.csv` (per-round metrics), "
+              "`data_access.csv` (every read of client data).", ""]
     return atomic_write_text(run_dir / "report.md", "\n".join(lines))
