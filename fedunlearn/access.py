@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedunlearn.errors import PrivacyViolation
 
-ACCESS_COLUMNS = ["seq", "client", "split", "records", "purpose", "phase", "window"]
+ACCESS_COLUMNS = ["seq", "client", "split", "selection", "records", "purpose", "phase", "window"]
 
 
 @dataclass
@@ -23,15 +23,16 @@ class DataRead:
     client: int
     split: str       # "member" | "holdout"
     records: int
-    purpose: str     # the client step ("train", "pga.ascent", ...) or "audit"
+    purpose: str     # the client step ("train", "pga_ascent", ...) or "audit"
+    selection: str = "all"  # class withdrawal: "retained" (withdrawn labels removed) or "forget" (only those)
 
     def encode(self) -> str:
-        return f"{self.client}:{self.split}:{self.records}:{self.purpose}"
+        return f"{self.client}:{self.split}:{self.records}:{self.selection}:{self.purpose}"
 
     @classmethod
     def decode(cls, s: str) -> "DataRead":
-        c, split, n, purpose = s.split(":", 3)
-        return cls(int(c), split, int(n), purpose)
+        c, split, n, selection, purpose = s.split(":", 4)
+        return cls(int(c), split, int(n), purpose, selection)
 
 
 @dataclass
@@ -40,6 +41,24 @@ class WithdrawalWindow:
     the steps that declare ``needs_forget_data``), ``closed`` (gone: never addressed again)."""
 
     state: dict[int, str] = field(default_factory=dict)
+    classes: dict[int, str] = field(default_factory=dict)  # class withdrawal: label -> "open" | "closed"
+
+    def open_classes(self, labels: list[int]) -> None:
+        for c in labels:
+            if self.classes.get(c) == "closed":
+                raise PrivacyViolation(f"class {c}: withdrawal window already closed; it cannot be reopened")
+            self.classes[c] = "open"
+
+    def close_classes(self, labels: list[int]) -> None:
+        for c in labels:
+            self.classes[c] = "closed"
+
+    def withdrawn_classes(self) -> list[int]:
+        """Labels being or already withdrawn: every client read leaves them out unless it asks for them."""
+        return sorted(self.classes)
+
+    def open_classes_now(self) -> list[int]:
+        return sorted(c for c, s in self.classes.items() if s == "open")
 
     def open(self, pid: int) -> None:
         if self.state.get(pid) == "closed":
@@ -87,7 +106,15 @@ class AccessLog:
             w = csv.writer(fh)
             for r in reads:
                 self._seq += 1
-                w.writerow([self._seq, r.client, r.split, r.records, r.purpose, phase, self.window.status(r.client)])
+                w.writerow([self._seq, r.client, r.split, r.selection, r.records, r.purpose, phase,
+                            self._window_state(r)])
+
+    def _window_state(self, r: DataRead) -> str:
+        """The window the read falls under: the client's own, or (class withdrawal) the classes' window."""
+        if self.window.classes and r.selection != "retained":
+            states = set(self.window.classes.values())
+            return "closed" if states == {"closed"} else "open"
+        return self.window.status(r.client)
 
 
 def read_access_log(path: Path) -> list[dict[str, str]]:

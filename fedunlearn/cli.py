@@ -27,10 +27,10 @@ def _fail(err: Exception) -> None:
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    from fedunlearn.report import summary_table
+    from fedunlearn.report import summary_table, withdrawal_label
 
     header, rows = summary_table(summary, compact=True)
-    table = Table(title=f"{summary['name']}: withdrawn client(s) {summary['withdrawn_clients']}, null band "
+    table = Table(title=f"{summary['name']}: withdrawn {withdrawal_label(summary)}, null band "
                         f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}]")
     width = max(len(r[0]) for r in rows) if rows else 5
     for h in header:

@@ -22,6 +22,7 @@ from torch import nn
 
 from fedunlearn.access import DataRead
 from fedunlearn.config import ExperimentConfig, config_from_dict
+from fedunlearn.errors import PrivacyViolation
 from fedunlearn.data import Dataset, Partitions, load_dataset, make_partitions
 from fedunlearn.federation import ClientReply
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
@@ -85,8 +86,17 @@ class ClientRuntime:
     def num_classes(self) -> int:
         return self._data[0].num_classes
 
-    def read(self, split: str = "member") -> tuple[np.ndarray, np.ndarray]:
-        """This client's ``member`` (trained-on) or ``holdout`` records; every call is noted in the ledger."""
+    @property
+    def withdrawn_classes(self) -> set[int]:
+        """Class withdrawal: labels that every read leaves out (set by the server once the withdrawal began)."""
+        return _labels(self.message.get("withdrawn_classes", ""))
+
+    def read(self, split: str = "member", forget: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """This client's ``member`` (trained-on) or ``holdout`` records; every call is noted in the ledger.
+
+        Under a class withdrawal the withdrawn labels are left out; ``forget=True`` returns only them instead, and
+        is refused unless their withdrawal window is open (only steps that declare ``needs_forget_data`` ask).
+        """
         ds, parts = self._data
         if split == "member":
             idx = parts.members[self.pid]
@@ -94,7 +104,15 @@ class ClientRuntime:
             idx = parts.holdout[self.pid]
         else:
             raise ValueError(f"split must be 'member' or 'holdout', got {split!r}")
-        self.reads.append(DataRead(self.pid, split, len(idx), self.step))
+        gone, selection = self.withdrawn_classes, "all"
+        if forget:
+            if not gone or not gone <= _labels(self.message.get("forget_window_open", "")):
+                raise PrivacyViolation(f"step {self.step!r} asked for withdrawn classes {sorted(gone)} of client "
+                                       f"{self.pid} outside their withdrawal window")
+            idx, selection = idx[np.isin(ds.y_train[idx], sorted(gone))], "forget"
+        elif gone:
+            idx, selection = idx[~np.isin(ds.y_train[idx], sorted(gone))], "retained"
+        self.reads.append(DataRead(self.pid, split, len(idx), self.step, selection))
         return ds.x_train[idx], ds.y_train[idx]
 
     def model(self, weights: Weights | None = None) -> nn.Module:
@@ -113,6 +131,10 @@ class ClientRuntime:
         """A per-message override (methods send their hyperparameters) or the default."""
         v = self.message.get(key, default)
         return type(default)(v) if default is not None and not isinstance(default, bool) else v
+
+
+def _labels(text: object) -> set[int]:
+    return {int(t) for t in str(text).split(",") if t.strip()}
 
 
 def handle(pid: int, weights: Weights | None, message: dict[str, Any]) -> ClientReply:

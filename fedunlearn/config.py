@@ -102,7 +102,13 @@ class TrainConfig(Strict):
 
 class WithdrawConfig(Strict):
     clients: list[int] = Field(default_factory=lambda: [0], description="partition ids; several = in sequence")
+    classes: list[int] = Field(default_factory=list, description="class withdrawal: forget these labels in every "
+                                                                 "client's data (then clients = [])")
     round: int | Literal["end"] = Field("end", description='"end" or a round number (withdrawal mid-training)')
+
+    @property
+    def by_class(self) -> bool:
+        return bool(self.classes)
 
 
 class UnlearnConfig(BaseModel):
@@ -224,12 +230,16 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
+        self._check_class_withdrawal()
         k = self.data.clients
         bad = [c for c in self.withdraw.clients if not 0 <= c < k]
         if bad:
             raise ValueError(f"withdraw.clients: {bad} out of range; allowed: partition ids 0..{k - 1}")
         if len(set(self.withdraw.clients)) != len(self.withdraw.clients):
             raise ValueError("withdraw.clients: ids must not repeat")
+        if not self.withdraw.clients and not self.withdraw.classes:
+            raise ValueError("withdraw.clients: empty; allowed: partition ids (or withdraw.classes for a class "
+                             "withdrawal)")
         if len(self.withdraw.clients) >= k:
             raise ValueError(f"withdraw.clients: at least one of the {k} clients must remain")
         if "rmia" in self.audit.attacks and k - len(self.withdraw.clients) < 2:
@@ -239,6 +249,25 @@ class ExperimentConfig(Strict):
         if r != "end" and not 1 <= r < self.train.rounds:
             raise ValueError(f'withdraw.round: {r} not allowed; allowed: "end" or 1..{self.train.rounds - 1}')
         return self
+
+
+    def _check_class_withdrawal(self) -> None:
+        w = self.withdraw
+        if not w.classes:
+            return
+        if w.clients:
+            raise ValueError(f"withdraw.clients: must be [] for a class withdrawal (withdraw.classes = {w.classes})")
+        if len(set(w.classes)) != len(w.classes) or min(w.classes) < 0:
+            raise ValueError("withdraw.classes: distinct labels >= 0 expected")
+        if self.data.dataset == "synthetic" and max(w.classes) >= self.data.classes:
+            raise ValueError(f"withdraw.classes: {w.classes} out of range; allowed: 0..{self.data.classes - 1}")
+        from fedunlearn.methods import METHODS
+
+        bad = [m for m in self.unlearn.methods if m in METHODS and "class" not in METHODS.get(m).granularity]
+        if bad:
+            ok = [m for m in METHODS.names() if "class" in METHODS.get(m).granularity]
+            raise ValueError(f"unlearn.methods: {', '.join(bad)} unlearn whole clients only; allowed with "
+                             f"withdraw.classes: {', '.join(ok)}")
 
 
 # --------------------------------------------------------------------------------------------------- loading

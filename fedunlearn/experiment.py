@@ -81,8 +81,11 @@ class Phases:
         self.initial = initial
         self.run_dir = self.ctx.run_dir
         self.state = PhaseState.load(self.run_dir / "phases.json")
-        for pid, st in self.state.window.items():
-            self.ctx.window.state[int(pid)] = st
+        for key, st in self.state.window.items():
+            if key.startswith("class:"):
+                self.ctx.window.classes[int(key[6:])] = st
+            else:
+                self.ctx.window.state[int(key)] = st
 
     # ------------------------------------------------------------------ helpers
     def _ckpt(self, key: str) -> Path:
@@ -145,6 +148,8 @@ class Phases:
         methods.sort(key=lambda m: not METHODS.get(m).needs_forget_data)
         chain = {m: start for m in methods}
         remaining = list(self.fed.pids)
+        if cfg.withdraw.by_class:
+            self._unlearn_classes(methods, chain)
         for i, u in enumerate(cfg.withdraw.clients):
             remaining = [p for p in remaining if p != u]
             if self.ctx.window.status(u) == "active":
@@ -171,9 +176,36 @@ class Phases:
             save_weights(self.run_dir / "models" / f"{m}.pt", w)
             self._checkpoint(m, w)
 
-    def _run_method(self, m: str, start: Weights, withdrawn: list[int], remaining: list[int], key: str) -> Weights:
+    def _unlearn_classes(self, methods: list[str], chain: dict[str, Weights]) -> None:
+        """Class withdrawal: one window for the labels; every client stays, none reads them after it closes."""
+        labels = sorted(self.cfg.withdraw.classes)
+        window = self.ctx.window
+        if not window.classes:
+            window.open_classes(labels)
+            self._save_class_window()
+        for m in methods:
+            if m in self.state.failed:
+                continue
+            key = f"{m}.w0"
+            if self.state.is_done(key):
+                chain[m] = load_weights(self._ckpt(key))
+                continue
+            if not METHODS.get(m).needs_forget_data and window.open_classes_now():
+                window.close_classes(labels)
+                self._save_class_window()
+            chain[m] = self._run_method(m, chain[m], [], list(self.fed.pids), key, labels)
+        window.close_classes(labels)
+        self._save_class_window()
+
+    def _save_class_window(self) -> None:
+        self.state.window.update({f"class:{c}": st for c, st in self.ctx.window.classes.items()})
+        self.state.save()
+
+    def _run_method(self, m: str, start: Weights, withdrawn: list[int], remaining: list[int], key: str,
+                    forget_classes: list[int] | None = None) -> Weights:
         method = build_method(m, self.cfg.unlearn.params(m))
-        job = UnlearnJob(self.fed, m, start, self.initial, withdrawn, remaining, self.withdraw_round)
+        job = UnlearnJob(self.fed, m, start, self.initial, withdrawn, remaining, self.withdraw_round,
+                         forget_classes or [])
         log.info("unlearning client(s) %s with %s", withdrawn, m)
         try:
             w = method.unlearn(job)
@@ -192,7 +224,8 @@ class Phases:
             return
         gone = set(self.cfg.withdraw.clients)
         remaining = [p for p in self.fed.pids if p not in gone]
-        job = UnlearnJob(self.fed, ORACLE, self.initial, self.initial, sorted(gone), remaining, self.cfg.train.rounds)
+        job = UnlearnJob(self.fed, ORACLE, self.initial, self.initial, sorted(gone), remaining, self.cfg.train.rounds,
+                         list(self.cfg.withdraw.classes))
         w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
         save_weights(self.run_dir / "models" / f"{ORACLE}.pt", w)
         self._checkpoint(ORACLE, w)

@@ -92,6 +92,10 @@ class ServerContext:
         """What every message carries: the experiment (so clients rebuild their data deterministically), the phase,
         and step-specific settings."""
         cfg: dict[str, Scalar] = {"experiment": self.cfg_toml, "phase": self.phase, "step": step}
+        if self.window.classes:  # class withdrawal: clients leave these labels out of every read ...
+            cfg["withdrawn_classes"] = ",".join(map(str, self.window.withdrawn_classes()))
+            # ... except steps that read the forget data, allowed only while the classes' window is open
+            cfg["forget_window_open"] = ",".join(map(str, self.window.open_classes_now()))
         cfg.update(extra or {})
         return cfg
 

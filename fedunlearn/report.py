@@ -371,6 +371,13 @@ def audit_sections(summary: dict) -> list[str]:
     return lines
 
 
+def withdrawal_label(summary: dict) -> str:
+    """"client(s) [0]" or, for a class withdrawal, "class(es) [3] of every client"."""
+    if summary.get("withdrawn_classes"):
+        return f"class(es) {summary['withdrawn_classes']} of every client"
+    return f"client(s) {summary['withdrawn_clients']}"
+
+
 def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """The method table shown on the terminal (``compact``: no CIs, short headers) and in report.md."""
     attacks = summary["attacks"]
@@ -419,7 +426,7 @@ def write_report(run_dir: Path) -> Path:
         plots.append(plot_epsilon_hist(run_dir))
     header, rows = summary_table(summary)
     lines = [f"# fedunlearn report: {summary['name']}", "",
-             f"Withdrawn client(s): {summary['withdrawn_clients']}; seed {summary['seed']}; "
+             f"Withdrawn: {withdrawal_label(summary)}; seed {summary['seed']}; "
              f"{summary['n_member']} member vs {summary['n_nonmember']} held-out records audited; null band "
              f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}] (AUC expected of a model that never saw "
              "the withdrawn client).", "",

@@ -47,11 +47,13 @@ class TinyFederation:
         self.ctx.costs.stop()
         return w
 
-    def job(self, method: str, start, withdrawn=(0,)):
+    def job(self, method: str, start, withdrawn=(0,), forget_classes=()):
+        """An UnlearnJob; a class withdrawal is ``withdrawn=(), forget_classes=[c]``."""
         from fedunlearn.methods import UnlearnJob
 
         remaining = [p for p in self.fed.pids if p not in withdrawn]
-        return UnlearnJob(self.fed, method, start, self.initial, list(withdrawn), remaining, self.cfg.train.rounds)
+        return UnlearnJob(self.fed, method, start, self.initial, list(withdrawn), remaining, self.cfg.train.rounds,
+                          list(forget_classes))
 
 
 def make_tiny_federation(tmp_path: Path, *overrides: str) -> TinyFederation:

@@ -361,7 +361,7 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     summary["comparisons"] = comparison_summary(rows, withdrawn, cfg.audit.fdr_q)
     if has_null:
         null_scores = score_models([RETRAIN_NULL], sigs, parts, attacks, gamma, refs)
-        summary["retrain_null"] = retrain_null_summary(null_scores, scores, parts, withdrawn, attacks,
+        summary["retrain_null"] = retrain_null_summary(cfg, null_scores, scores, parts, attacks,
                                                        cfg.audit.fdr_q, sigs, gamma, refs)
     if seeds:
         from fedunlearn.seeds import train_seed_runs
@@ -474,11 +474,15 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
     from fedunlearn.costs import CostLedger
 
     withdrawn = sorted(cfg.withdraw.clients)
-    remaining = [k for k in range(parts.num_clients) if k not in set(withdrawn)]
-    w_mem = np.concatenate([parts.members[k] for k in withdrawn])
-    w_hold = np.concatenate([parts.holdout[k] for k in withdrawn])
-    r_mem = np.concatenate([parts.members[k] for k in remaining])
+    w_mem, w_hold, r_mem = forget_sets(cfg, parts)
     band = null_band(len(w_mem), len(w_hold))
+    test_forget = test_kept = None
+    if cfg.withdraw.classes:
+        from fedunlearn.client import experiment_data
+
+        y_test = experiment_data(cfg)[0].y_test[parts.test]
+        test_forget = parts.test[np.isin(y_test, cfg.withdraw.classes)]
+        test_kept = parts.test[~np.isin(y_test, cfg.withdraw.classes)]
     ledger = CostLedger.load(run_dir / "ledger.csv")
     prev_failed = json.loads((run_dir / "summary.json").read_text()).get("failed_methods", {}) \
         if (run_dir / "summary.json").exists() else {}
@@ -504,6 +508,9 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
             "retained_accuracy": float(s.pool_correct[r_mem].mean()),
             "leakage": {},
         }
+        if test_forget is not None:  # class withdrawal: the usual class-unlearning utility split of the test set
+            entry["forgotten_class_test_accuracy"] = float(s.test_correct[test_forget].mean())
+            entry["retained_class_test_accuracy"] = float(s.test_correct[test_kept].mean())
         for a in attacks:
             if (m, a) not in wscores:
                 continue
@@ -541,7 +548,8 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
     models[ORACLE] = models.pop(ORACLE)
     original_cost = ledger.total(ORIGINAL)
     summary = {
-        "name": cfg.name, "seed": cfg.seed, "withdrawn_clients": withdrawn, "attacks": attacks,
+        "name": cfg.name, "seed": cfg.seed, "withdrawn_clients": withdrawn,
+        "withdrawn_classes": sorted(cfg.withdraw.classes), "attacks": attacks,
         "null_band": list(band), "n_member": int(len(w_mem)), "n_nonmember": int(len(w_hold)),
         "original_training": {"wall_s": original_cost.wall_s, "rounds": original_cost.rounds,
                               "client_samples": original_cost.client_samples,
@@ -563,6 +571,24 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         summary["rmia"]["cost"] = {"wall_s": refs_cost.wall_s, "rounds": refs_cost.rounds,
                                    "client_samples": refs_cost.client_samples}
     return summary
+
+
+def forget_sets(cfg, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the withdrawn members, the withdrawn held-out records and the retained members: the withdrawn
+    clients' records, or under a class withdrawal every client's records of the withdrawn labels."""
+    k_all = range(parts.num_clients)
+    if not cfg.withdraw.classes:
+        gone = sorted(cfg.withdraw.clients)
+        return (np.concatenate([parts.members[k] for k in gone]), np.concatenate([parts.holdout[k] for k in gone]),
+                np.concatenate([parts.members[k] for k in k_all if k not in set(gone)]))
+    from fedunlearn.client import experiment_data
+
+    y = experiment_data(cfg)[0].y_train
+    labels = sorted(cfg.withdraw.classes)
+    mem = np.concatenate([parts.members[k] for k in k_all])
+    hold = np.concatenate([parts.holdout[k] for k in k_all])
+    forget = np.isin(y[mem], labels)
+    return mem[forget], hold[np.isin(y[hold], labels)], mem[~forget]
 
 
 def withdrawn_verdict(attack: str, value: float, band: tuple[float, float],
@@ -626,14 +652,12 @@ def comparison_summary(rows: list[dict], withdrawn: set[int], q: float) -> dict:
     return out
 
 
-def retrain_null_summary(null_scores: Scores, scores: Scores, parts, withdrawn: set[int], attacks: list[str],
+def retrain_null_summary(cfg, null_scores: Scores, scores: Scores, parts, attacks: list[str],
                          q: float, sigs: dict[str, ModelSignals], gamma: float, refs: References | None) -> dict:
     """Retrain vs retrain with another seed: how often the comparisons flag clients when nothing differs."""
     out: dict = {"model": "models/retrain_null.pt", "what": "the retrain oracle with another seed (initial weights, "
                  "client sampling, data order); every flag below is a false alarm", "attacks": {}}
-    w = sorted(withdrawn)
-    w_mem = np.concatenate([parts.members[k] for k in w])
-    w_hold = np.concatenate([parts.holdout[k] for k in w])
+    w_mem, w_hold, _ = forget_sets(cfg, parts)
     band = null_band(len(w_mem), len(w_hold))
     ref_name = REFERENCES[0] if refs is not None else None
     pooled = attack_input(sigs[RETRAIN_NULL], sigs[ORIGINAL], w_mem, w_hold, gamma, refs, ref_name)
@@ -676,7 +700,7 @@ def seed_audit(run_dir: Path, seed_dirs: list[Path], names: list[str], sigs: dic
         ulira_accuracy,
     )
 
-    w_mem = np.concatenate([parts.members[k] for k in sorted(cfg.withdraw.clients)])
+    w_mem = forget_sets(cfg, parts)[0]
     m_seeds = len(seed_dirs)
     present = [m for m in names if all((d / "models" / f"{m}.pt").exists() for d in seed_dirs)]
     if ORACLE not in present:

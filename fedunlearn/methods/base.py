@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -42,6 +42,9 @@ class UnlearnJob:
     withdrawn: the client(s) leaving now.
     remaining: clients still in the federation after this withdrawal.
     rounds_trained: R, the number of rounds the start model was trained for.
+    forget_classes: class withdrawal: the labels to forget in every client's data (then ``withdrawn`` is empty and
+        every client remains; clients leave these labels out of every read unless a step asks for the forget data
+        while their window is open).
     """
 
     fed: "Federation"
@@ -51,6 +54,7 @@ class UnlearnJob:
     withdrawn: list[int]
     remaining: list[int]
     rounds_trained: int
+    forget_classes: list[int] = field(default_factory=list)
 
     @property
     def cfg(self):  # noqa: ANN201 - ExperimentConfig

@@ -20,6 +20,7 @@ class Finetune(UnlearningMethod):
     paper = "Naive baseline: continued FedAvg without the withdrawn client (methods.md)"
     summary = "continue FedAvg from w_T over the remaining clients"
     where = {"remaining": "FedAvg rounds from w_T"}
+    granularity = ("client", "class")
     Params = FinetuneParams
 
     def unlearn(self, job: UnlearnJob) -> Weights:

@@ -131,7 +131,7 @@ class Forsaken(UnlearningMethod):
     paper = ("Ma, Liu, Liu, Liu, Ma, Ren, 'Learn to Forget: Machine Unlearning via Neuron Masking', IEEE TDSC 20(4), "
              "2023; arXiv 2003.10933")
     summary = "a learned mask-gradient generator edits w_T on u until the A0 oracle forgets D_u; then repair"
-    granularity = ("client", "class")
+    granularity = ("client",)  # class mode of the paper: not wired to class withdrawals yet
     where = {"withdrawing": "trains the generator G and proposes masked edits g (window open)",
              "remaining": "report their CE under each candidate edit (query); repair rounds",
              "server": "holds G's state between steps, applies accepted edits"}

@@ -15,6 +15,7 @@ class Retrain(UnlearningMethod):
     paper = "Exact unlearning by retraining from scratch (the standard oracle; e.g. Bourtoule et al., SISA, S&P 2021)"
     summary = "FedAvg from w_0 over the remaining clients, same schedule as the original"
     where = {"remaining": "R rounds of FedAvg from the initial weights"}
+    granularity = ("client", "class")
 
     def unlearn(self, job: UnlearnJob) -> Weights:
         return job.fedavg(job.initial, job.cfg.train.rounds, "retrain")

@@ -6,8 +6,8 @@ notebook public). Client-level variant: the sample-level UNSIR of Dasol Choi, Do
 Unlearning Benchmarks: Forgetting the Personal Identities in Facial Recognition Systems", 2023, arXiv 2311.02240
 ("UNSIR-1").
 
-Federated split (methods.md), chosen by ``forget_classes``:
-- class level (``forget_classes`` non-empty: forget those classes in every client's data):
+Federated split (methods.md), chosen by the kind of withdrawal:
+- class level (``withdraw.classes``: forget those labels in every client's data; ``UnlearnJob.forget_classes``):
   1. server, no data: per forgotten class c a noise batch N_c (256 inputs, init N(0, 1)) minimizing
      −CE(f(N_c), c) + 0.1·mean_i ‖N_i‖² with Adam lr 0.1 for 40 steps, model in eval mode, weights frozen;
   2. impair (``unsir_impair``, one FedAvg round): each remaining client trains one epoch, Adam lr 0.02, batch 256,
@@ -77,8 +77,6 @@ LOW_LR = 1e-4
 
 
 class UNSIRParams(MethodParams):
-    forget_classes: list[int] = Field(default_factory=list,
-                                      description="non-empty: class-level unlearning of these classes; [] = client")
     profile: Literal["default", "low_lr"] = Field("default", description="low_lr: 1e-4 for impair and repair")
     noise_samples: int = Field(256, ge=1, description="class mode: inputs per noise batch")
     noise_steps: int = Field(40, ge=1, description="class mode: Adam steps fitting each noise batch")
@@ -282,12 +280,12 @@ class UNSIR(UnlearningMethod):
 
     def unlearn(self, job: UnlearnJob) -> Weights:
         p: UNSIRParams = self.params  # type: ignore[assignment]
-        if p.forget_classes:
+        if job.forget_classes:
             noise, copies = self._server_noise(job, p), p.noise_copies
         else:
             noise, copies = self._client_noise(job, p), p.sample_noise_copies
         impair_lr, repair_lr = p.lrs
-        common = {"forget_classes": ",".join(map(str, sorted(p.forget_classes))), "per_class": p.per_class,
+        common = {"forget_classes": ",".join(map(str, sorted(job.forget_classes))), "per_class": p.per_class,
                   "batch_size": p.batch_size}
         w = job.fedavg(Weights(list(job.start.items()) + list(noise.items())), 1, "impair", step=IMPAIR_STEP,
                        fraction=1.0, config={**common, "copies": copies, "lr": impair_lr, "epochs": p.impair_epochs})
@@ -299,9 +297,9 @@ class UNSIR(UnlearningMethod):
         from fedunlearn.client import experiment_data
 
         ds = experiment_data(job.cfg)[0]  # shapes and class count only: no client records are read
-        bad = [c for c in p.forget_classes if not 0 <= c < ds.num_classes]
+        bad = [c for c in job.forget_classes if not 0 <= c < ds.num_classes]
         if bad:
-            raise ConfigError(f"unlearn.unsir.forget_classes: {bad} out of range; allowed: 0..{ds.num_classes - 1}")
+            raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1}")
         with job.server("noise"):
             device = resolve_device(job.cfg.sim.device)
             # seeded, so the global RNG is untouched; the weights are replaced at once
@@ -309,8 +307,8 @@ class UNSIR(UnlearningMethod):
             model = set_weights(model, job.start).to(device)
             xs = [class_noise(model, c, p.noise_samples, ds.input_shape, steps=p.noise_steps, lr=p.noise_lr,
                               reg=p.noise_reg, seed=seed_for(job.cfg.seed, "unsir", "noise", c), device=device)
-                  for c in sorted(set(p.forget_classes))]
-            ys = [np.full(p.noise_samples, c, dtype=np.int64) for c in sorted(set(p.forget_classes))]
+                  for c in sorted(set(job.forget_classes))]
+            ys = [np.full(p.noise_samples, c, dtype=np.int64) for c in sorted(set(job.forget_classes))]
         return Weights([(NOISE_X, np.concatenate(xs)), (NOISE_Y, np.concatenate(ys))])
 
     def _client_noise(self, job: UnlearnJob, p: UNSIRParams) -> Weights:

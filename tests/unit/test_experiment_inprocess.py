@@ -44,3 +44,34 @@ def test_mid_training_and_sequential_withdrawals(tmp_path):
         assert [r for r in rows if r["client"] == u and r["window"] == "closed" and r["purpose"] != "audit"] == []
     summary = json.loads((d / "summary.json").read_text())
     assert summary["withdrawn_clients"] == [0, 2]
+
+
+def test_class_withdrawal(tmp_path):
+    """Class 1 is withdrawn from every client: unsir (class mode) and the baselines unlearn it; after its window no
+    step reads a record of class 1; retrain never predicts it."""
+    cfg = tiny_config('unlearn.methods=["retrain","finetune","unsir"]', "withdraw.clients=[]", "withdraw.classes=[1]",
+                      "unlearn.unsir.noise_samples=32", "unlearn.unsir.noise_copies=1")
+    d = run(cfg, out=tmp_path / "r").run_dir
+    rows = read_access_log(d / "data_access.csv")
+    later = [r for r in rows if r["phase"] != "original" and r["purpose"] != "audit"]
+    assert later and {r["selection"] for r in later} == {"retained"}
+    assert {r["client"] for r in later} == {"0", "1", "2", "3"}  # every client stays in the federation
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["withdrawn_classes"] == [1] and summary["withdrawn_clients"] == []
+    models = summary["models"]
+    assert models["retrain"]["forgotten_class_test_accuracy"] < 0.05
+    assert models["original"]["forgotten_class_test_accuracy"] > 0.5
+    assert models["unsir"]["forgotten_class_test_accuracy"] < models["original"]["forgotten_class_test_accuracy"]
+
+
+def test_class_withdrawal_rejects_client_only_methods():
+    import pytest
+
+    from fedunlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unlearn.methods: pga unlearn whole clients only"):
+        tiny_config('unlearn.methods=["retrain","pga"]', "withdraw.clients=[]", "withdraw.classes=[1]")
+    with pytest.raises(ConfigError, match="withdraw.clients: must be \\[\\] for a class withdrawal"):
+        tiny_config("withdraw.classes=[1]")
+    with pytest.raises(ConfigError, match="withdraw.classes: \\[7\\] out of range; allowed: 0..2"):
+        tiny_config("withdraw.clients=[]", "withdraw.classes=[7]")

@@ -183,4 +183,4 @@ def test_params_round_trip_through_toml(tmp_path):
     assert load_config(path).unlearn.params("forsaken") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("forsaken")
     assert (d.eta, d.lambda_l1, d.lr, d.target_fr, d.max_steps, d.repair_rounds) == (0.01, 0.01, 1e-4, 0.9, 100, 1)
-    assert Forsaken.granularity == ("client", "class") and Forsaken.needs_forget_data
+    assert Forsaken.granularity == ("client",) and Forsaken.needs_forget_data

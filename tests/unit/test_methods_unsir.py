@@ -104,12 +104,15 @@ def test_split_extras():
 
 def test_class_level_unsir_forgets_the_class(short):
     tf, w_t = short
-    w = UNSIR(UNSIRParams(forget_classes=[0], **SCALED)).unlearn(tf.job("unsir", w_t))
+    tf.ctx.window.open_classes([0])
+    tf.ctx.window.close_classes([0])  # class mode needs no forget data: it runs after the window closed
+    w = UNSIR(UNSIRParams(**SCALED)).unlearn(tf.job("unsir", w_t, withdrawn=(), forget_classes=[0]))
     forgot_t, kept_t = _class_accuracy(tf, w_t, 0)
     forgot, kept = _class_accuracy(tf, w, 0)
     assert forgot < forgot_t and kept >= kept_t - 0.05
     rows = [r for r in read_access_log(tf.run_dir / "data_access.csv") if r["phase"].startswith("unsir")]
-    assert rows and all(r["client"] != "0" for r in rows)  # class mode never addresses u
+    assert rows and {r["client"] for r in rows} == {"0", "1", "2", "3"}  # every client stays
+    assert {r["selection"] for r in rows} == {"retained"}  # ... and none reads the withdrawn class
     assert {r["purpose"] for r in rows} == {"unsir_impair", "unsir_repair"}
     phases = [r.phase for r in tf.ctx.costs.rows if r.method == "unsir"]
     assert phases[-3:] == ["noise", "impair", "repair"]
@@ -118,8 +121,8 @@ def test_class_level_unsir_forgets_the_class(short):
 def test_federated_impair_is_weaker_than_central(short):
     """methods.md: FedAvg weakens a high-lr impair compared with one central pass (finding in unsir's docstring)."""
     tf, w_t = short
-    p = UNSIRParams(forget_classes=[0], **SCALED)
-    job = tf.job("unsir", w_t)
+    p = UNSIRParams(**SCALED)
+    job = tf.job("unsir", w_t, withdrawn=(), forget_classes=[0])
     noise = UNSIR(p)._server_noise(job, p)
     config = {"forget_classes": "0", "per_class": p.per_class, "batch_size": p.batch_size, "copies": p.noise_copies,
               "lr": p.impair_lr, "epochs": 1}
@@ -165,13 +168,12 @@ def test_unsir_is_deterministic(trained):
 
 
 def test_params_round_trip_through_toml(tmp_path):
-    cfg = load_config(None, TINY + [METHODS, "unlearn.unsir.forget_classes=[0, 2]", 'unlearn.unsir.profile="low_lr"',
-                                    "unlearn.unsir.noise_copies=5"])
+    cfg = load_config(None, TINY + [METHODS, 'unlearn.unsir.profile="low_lr"', "unlearn.unsir.noise_copies=5"])
     p = cfg.unlearn.params("unsir")
-    assert isinstance(p, UNSIRParams) and p.forget_classes == [0, 2] and p.noise_copies == 5
+    assert isinstance(p, UNSIRParams) and p.noise_copies == 5
     assert p.lrs == (1e-4, 1e-4)
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path).unlearn.params("unsir") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("unsir")
-    assert (d.forget_classes, d.noise_samples, d.noise_steps, d.noise_copies, d.lrs) == ([], 256, 40, 20, (0.02, 0.01))
+    assert (d.noise_samples, d.noise_steps, d.noise_copies, d.lrs) == (256, 40, 20, (0.02, 0.01))
