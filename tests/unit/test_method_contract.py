@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tomllib
 
-import numpy as np
 import pytest
 
 from fedunlearn.access import read_access_log
