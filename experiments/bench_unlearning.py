@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 def one_seed(config: Path, seed: int, methods: list[str], overrides: list[str], backend: str, out: Path) -> dict:
     cfg = load_config(config, [f"seed={seed}", f"unlearn.methods={json.dumps(['retrain', *methods])}",
-                               f'sim.backend="{backend}"', *overrides])
+                               'audit.attacks=["loss"]', f'sim.backend="{backend}"', *overrides])
     res = run(cfg, out=out / f"seed{seed}")
     s = res.summary
     retrain = s["models"]["retrain"]

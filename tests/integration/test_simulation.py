@@ -16,7 +16,7 @@ from fedunlearn.runner import run
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).parents[2] / "experiments" / "quickstart.toml"
-FEW_ROUNDS = ["train.rounds=6", 'unlearn.methods=["retrain","finetune"]', 'sim.device="cpu"']
+FEW_ROUNDS = ["train.rounds=6", 'unlearn.methods=["retrain","finetune"]', 'audit.attacks=["loss"]', 'sim.device="cpu"']
 
 
 @pytest.fixture(scope="module")
