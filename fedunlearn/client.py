@@ -67,6 +67,15 @@ def experiment_data(cfg: ExperimentConfig) -> tuple[Dataset, Partitions]:
     return _DATA[key]
 
 
+def client_device(cfg: ExperimentConfig) -> torch.device:
+    """The device of a client step. Under Ray a client takes a GPU only with a share of one (``sim.num_gpus > 0``):
+    there ``auto`` means CPU without a share, so that client actors never pile onto a GPU that Ray does not account
+    for (fedunlearn keeps Ray from hiding GPUs from actors with ``num_gpus = 0``)."""
+    if cfg.sim.device == "auto" and cfg.sim.backend == "ray" and cfg.sim.num_gpus == 0:
+        return torch.device("cpu")
+    return resolve_device(cfg.sim.device)
+
+
 class ClientRuntime:
     """What a client step may use: its own records (through the ledger), a model builder, seeds, the config."""
 
@@ -76,7 +85,7 @@ class ClientRuntime:
         self.message = message
         self.step = str(message.get("step", "train"))
         self.reads: list[DataRead] = []
-        self.device = resolve_device(cfg.sim.device)
+        self.device = client_device(cfg)
 
     @cached_property
     def _data(self) -> tuple[Dataset, Partitions]:

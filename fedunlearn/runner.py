@@ -81,6 +81,9 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     ``env.json``, ``partitions.npz`` and ``models/initial.pt``."""
     cfg = _absolute_paths(cfg)
     ds, parts = experiment_data(cfg)  # raises DataError/ConfigError before any directory exists
+    bad = [c for c in cfg.withdraw.classes if c >= ds.num_classes]
+    if bad:
+        raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1} ({cfg.data.dataset})")
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--out: {run_dir} exists and is not empty; use --resume {run_dir} to continue it")
@@ -175,22 +178,31 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path
     else:
         run_dir = prepare_run(cfg, out)
         cfg = load_run_config(run_dir)
+    memory: dict[str, float] = {}
     if cfg.sim.backend == "inprocess":
         failed = run_phases_inprocess(cfg, run_dir, progress)
     else:
         from fedunlearn.simulation import run_flower
 
-        failed = run_flower(cfg, run_dir, progress).failed
+        job = run_flower(cfg, run_dir, progress)
+        failed, memory = job.failed, job.memory
     summary = finish_run(run_dir, failed)
-    _record_peak_memory(run_dir)
+    _record_peak_memory(run_dir, memory)
     return RunResult(run_dir, summary, failed, time.perf_counter() - t0)
 
 
-def _record_peak_memory(run_dir: Path) -> None:
+def _record_peak_memory(run_dir: Path, ray_memory: dict[str, float] | None = None) -> None:
+    """Peak resident memory (MB) in ``env.json``: this (server) process; under Ray also the client workers and Ray's
+    daemons on this host (sampled by ``fedunlearn.simulation.RayMemorySampler``); ``total`` is their sum (an upper
+    bound of the simultaneous peak)."""
     import resource
 
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text())
-    env["peak_rss_mb_server"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    mem = {"peak_rss_mb_server": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+           "peak_rss_mb_workers": 0.0, "peak_rss_mb_daemons": 0.0}
+    mem.update(ray_memory or {})
+    mem["peak_rss_mb_total"] = round(sum(mem.values()), 1)
+    env.update(mem)
     env["finished"] = datetime.now().isoformat(timespec="seconds")
     atomic_write_json(env_path, env)

@@ -20,6 +20,8 @@ from strategies.federation import FlowerFederation, map_partitions, wait_for_nod
 
 log = logging.getLogger(__name__)
 app = ServerApp()
+#: seconds between reply polls of Flower's in-memory grid (its default, 0.1 s, adds ~0.05 s to every round)
+PULL_INTERVAL_S = 0.01
 
 
 @app.main()
@@ -31,6 +33,8 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = prepare_run(cfg)
     else:
         cfg, run_dir = job.cfg, job.run_dir
+    if hasattr(grid, "pull_interval"):  # InMemoryGrid (run_simulation); other grids poll on their own terms
+        grid.pull_interval = PULL_INTERVAL_S
     try:
         nodes = wait_for_nodes(grid, cfg.data.clients)
         if len(nodes) != cfg.data.clients:

@@ -42,7 +42,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_resume_after_kill_mid_phase_gives_same_results(tmp_path, monkeypatch, uninterrupted) -> None:
     aggregate = FedAvgRounds.aggregate
 
-    def dies_in_retrain(self, rnd, sent, replies):  # noqa: ANN001, ANN202
+    def dies_in_retrain(self, rnd, sent, replies):
         if self.phase == "retrain" and rnd == 2:
             raise Killed
         return aggregate(self, rnd, sent, replies)
@@ -88,6 +88,8 @@ def test_client_fault_is_recorded_and_failed_method_reported(tmp_path) -> None:
     assert "injected fault" in res.summary["failed_methods"]["finetune"]
     assert (d / "models" / "retrain.pt").exists() and not (d / "models" / "finetune.pt").exists()
     assert {r["model"] for r in _rows(d / "per_client.csv")} == {"original", "retrain"}
+    env = json.loads((d / "env.json").read_text())  # in-process: no Ray workers, the total is the server's
+    assert env["peak_rss_mb_workers"] == 0 and env["peak_rss_mb_total"] == env["peak_rss_mb_server"] > 0
 
 
 def test_fault_spec_is_validated() -> None:
