@@ -13,7 +13,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,22 +186,16 @@ def _injected_fault(cfg: ExperimentConfig, pid: int, message: dict[str, Any]) ->
 @CLIENT_STEPS.register("train")
 def train_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """FedAvg local training: ``local_epochs`` of SGD on the client's members."""
+    return local_sgd(rt, weights, seed_label="train")
+
+
+def local_sgd(rt: ClientRuntime, weights: Weights | None, seed_label: str) -> StepOutput:
+    """The training recipe on the client's members; the message may override ``lr`` and ``local_epochs``."""
     tc = rt.cfg.train
     x, y = rt.read("member")
     model = rt.model(weights)
     opt = sgd(model, rt.setting("lr", tc.lr), tc.momentum, tc.weight_decay)
     res = train_epochs(model, x, y, epochs=rt.setting("local_epochs", tc.local_epochs), batch_size=tc.batch_size,
-                       optimizer=opt, seed=rt.seed("train"), device=rt.device)
+                       optimizer=opt, seed=rt.seed(seed_label), device=rt.device)
     return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
                                            "loss": res.loss, "accuracy": res.accuracy})
-
-
-def weights_checksum(weights: Weights) -> str:
-    h = hashlib.sha256()
-    for k, v in weights.items():
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(v).tobytes())
-    return h.hexdigest()[:16]
-
-
-

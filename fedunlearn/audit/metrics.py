@@ -13,7 +13,6 @@ import math
 from typing import Literal
 
 import numpy as np
-from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 __all__ = [
@@ -61,6 +60,8 @@ def _fast_delong(scores: np.ndarray, n_pos: int) -> tuple[np.ndarray, np.ndarray
     """
     m = n_pos
     n = scores.shape[1] - m
+    from scipy.stats import rankdata  # lazy: scipy.stats costs ~1 s at every client actor's start
+
     tx = rankdata(scores[:, :m], axis=1)
     ty = rankdata(scores[:, m:], axis=1)
     tz = rankdata(scores, axis=1)
@@ -88,6 +89,8 @@ def _bootstrap_aucs(mem: np.ndarray, non: np.ndarray, n_boot: int, rng: np.rando
         b = min(_BOOT_CHUNK, n_boot - start)
         pos = mem[rng.integers(0, m, size=(b, m))]
         neg = non[rng.integers(0, n, size=(b, n))]
+        from scipy.stats import rankdata
+
         ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
         out[start : start + b] = (ranks[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
     return out
@@ -114,6 +117,8 @@ def auc_ci(
         value, var = _delong_var(member, nonmember)
         if math.isnan(var):
             return value, math.nan, math.nan
+        from scipy.stats import norm
+
         half = float(norm.ppf(0.5 + level / 2.0)) * math.sqrt(max(var, 0.0))
         return value, max(0.0, value - half), min(1.0, value + half)
     if method == "bootstrap":
@@ -144,6 +149,8 @@ def delong_paired_test(
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     if var <= 1e-15:
         return delta, 1.0 if abs(delta) <= 1e-12 else 0.0
+    from scipy.stats import norm
+
     return delta, float(2.0 * norm.sf(abs(delta) / math.sqrt(var)))
 
 

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from fedunlearn.client import ClientRuntime, StepOutput
+from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
 from fedunlearn.errors import FedUnlearnError, PhaseFailed
 from fedunlearn.federation import ClientReply
 from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
-from fedunlearn.models import Weights, get_weights, is_float_param
+from fedunlearn.models import Weights, is_float_param
 from fedunlearn.rounds import subtract, weighted_average
-from fedunlearn.training import sgd, train_epochs
 
 log = logging.getLogger(__name__)
 STEP = "federaser_calibrate"
@@ -85,14 +84,7 @@ def calibrate_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     """Calibration training: the usual local SGD recipe for ``local_epochs`` (= E_cal) epochs from the sent model."""
     if weights is None:
         raise ValueError(f"{STEP}: needs the current unlearned model")
-    tc = rt.cfg.train
-    x, y = rt.read("member")
-    model = rt.model(weights)
-    opt = sgd(model, tc.lr, tc.momentum, tc.weight_decay)
-    res = train_epochs(model, x, y, epochs=rt.setting("local_epochs", tc.local_epochs), batch_size=tc.batch_size,
-                       optimizer=opt, seed=rt.seed(STEP), device=rt.device)
-    return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
-                                           "loss": res.loss, "accuracy": res.accuracy})
+    return local_sgd(rt, weights, seed_label=STEP)
 
 
 class FedEraser(UnlearningMethod):
