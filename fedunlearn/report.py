@@ -112,6 +112,27 @@ def plot_leakage_vs_cost(run_dir: Path, attack: str = "loss") -> Path | None:
 _MAX_GRID_CLIENTS = 24
 
 
+def plot_accuracy_bars(run_dir: Path, summary: dict) -> Path:
+    """Utility per model: test, withdrawn-members and retained-members accuracy (and the forgotten classes' test
+    accuracy under a class withdrawal) — the other half of every unlearning trade-off."""
+    models = list(summary["models"])
+    keys = [("test_accuracy", "test"), ("withdrawn_accuracy", "withdrawn members"),
+            ("retained_accuracy", "retained members")]
+    if any("forgotten_class_test_accuracy" in e for e in summary["models"].values()):
+        keys.append(("forgotten_class_test_accuracy", "forgotten classes (test)"))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(models) + 2), 4))
+    width = 0.8 / len(keys)
+    for i, (key, label) in enumerate(keys):
+        x = [j + (i - (len(keys) - 1) / 2) * width for j in range(len(models))]
+        ax.bar(x, [_f(summary["models"][m].get(key)) for m in models], width, label=label)
+    ax.set(xticks=range(len(models)), ylim=(0, 1.05), ylabel="accuracy", title="Utility per model")
+    ax.set_xticklabels(models, rotation=30, ha="right")
+    ax.legend(fontsize=7, ncol=len(keys))
+    out = run_dir / "plots" / "accuracy.png"
+    _save(fig, out)
+    return out
+
+
 def _model_style(model: str, models: list[str]) -> dict:
     if model == "original":
         return {"color": "0.25", "lw": 1.6, "ls": "-"}
@@ -411,7 +432,7 @@ def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    plots = [plot_training_curves(run_dir)]
+    plots = [plot_training_curves(run_dir), plot_accuracy_bars(run_dir, summary)]
     for a in summary["attacks"]:
         plots.append(plot_client_auc(run_dir, a))
         plots.append(plot_leakage_vs_cost(run_dir, a))

@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory) -> Path:
 def test_results_contract(quick_run: Path) -> None:
     d = quick_run
     for f in ("config.toml", "env.json", "partitions.npz", "summary.json", "per_client.csv", "rounds.csv",
-              "ledger.csv", "report.md", "plots/training_curves.png", "plots/client_auc_loss.png",
+              "ledger.csv", "report.md", "plots/training_curves.png", "plots/client_auc_loss.png", "plots/accuracy.png",
               "models/original.pt", "models/retrain.pt", "models/finetune.pt"):
         assert (d / f).is_file(), f
     with (d / "per_client.csv").open() as fh:
