@@ -19,15 +19,18 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 3600.0
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 300.0) -> list[int]:
-    """The ServerApp starts before the virtual nodes register: wait until all ``n`` are there."""
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 180.0) -> list[int]:
+    """The ServerApp starts before the virtual nodes register: wait until all ``n`` are there (a federation of
+    another size is reported after ``timeout``, naming the fix)."""
     t0 = time.monotonic()
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= n:
             return nodes
         if time.monotonic() - t0 > timeout:
-            raise FedUnlearnError(f"only {len(nodes)} of {n} Flower nodes registered after {timeout:.0f}s")
+            raise FedUnlearnError(f"only {len(nodes)} of {n} Flower nodes (data.clients = {n}) registered after "
+                                  f"{timeout:.0f}s; with `flwr run` set the federation size: "
+                                  f'--federation-config "num-supernodes={n}"')
         time.sleep(0.2)
 
 

@@ -16,6 +16,7 @@ from fedunlearn import simulation
 from fedunlearn.runner import build_server_context, finish_run, prepare_run
 from fedunlearn.experiment import Phases
 from fedunlearn.config import load_config
+from fedunlearn.errors import ConfigError
 from strategies.federation import FlowerFederation, map_partitions, wait_for_nodes
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,16 @@ def main(grid: Grid, context: Context) -> None:
     standalone = job is None
     if standalone:  # `flwr run .`: the experiment file comes from the app config
         cfg = load_config(str(context.run_config.get("experiment", "experiments/quickstart.toml")))
-        run_dir = prepare_run(cfg)
     else:
-        cfg, run_dir = job.cfg, job.run_dir
+        cfg = job.cfg
     if hasattr(grid, "pull_interval"):  # InMemoryGrid (run_simulation); other grids poll on their own terms
         grid.pull_interval = PULL_INTERVAL_S
     try:
         nodes = wait_for_nodes(grid, cfg.data.clients)
         if len(nodes) != cfg.data.clients:
-            raise ValueError(f"data.clients = {cfg.data.clients} but the federation has {len(nodes)} nodes")
+            raise ConfigError(f"data.clients = {cfg.data.clients} but the federation has {len(nodes)} nodes; "
+                              f'run `flwr run . --federation-config "num-supernodes={cfg.data.clients}"`')
+        run_dir = prepare_run(cfg) if standalone else job.run_dir  # nothing is written before the checks pass
         ctx, initial = build_server_context(cfg, run_dir, progress=job.progress if job else None)
         fed = FlowerFederation(ctx, grid, map_partitions(grid, nodes))
         failed = Phases(fed, initial).run()
