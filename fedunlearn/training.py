@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,10 +19,14 @@ class TrainResult:
 
 
 def seed_for(*parts: int | str) -> int:
-    """A deterministic 63-bit seed from labelled parts (experiment seed, phase, round, client)."""
-    ss = np.random.SeedSequence([p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little")
-                                 for p in parts])
+    """A deterministic 63-bit seed from labelled parts (experiment seed, phase, round, client); a text label counts
+    whole (hashed), so "reference_a" and "reference_b" draw differently."""
+    ss = np.random.SeedSequence([p if isinstance(p, int) else _label(p) for p in parts])
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _label(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:

@@ -77,3 +77,11 @@ def test_training_is_deterministic(tmp_path) -> None:
     b = make_tiny_federation(tmp_path / "b").train_original(rounds=2)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_seed_labels_count_whole() -> None:
+    from fedunlearn.training import seed_for
+
+    assert seed_for(0, "reference_a", 1) != seed_for(0, "reference_b", 1)
+    assert seed_for(0, "finetune", 3) != seed_for(0, "finetune.continue", 3)
+    assert seed_for(0, "original", 3) == seed_for(0, "original", 3)
