@@ -56,6 +56,7 @@ PER_CLIENT_COLUMNS = PER_CLIENT_BASE + PER_CLIENT_EXTRA
 VULNERABLE_COLUMNS = ["client", "record", "model", "attack", "score", "rank"]
 ORIGINAL, ORACLE = "original", "retrain"
 REFERENCES = ("reference_a", "reference_b")
+BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of both (RMIA averages its references)
 RETRAIN_NULL = "retrain_null"
 #: models saved in ``models/`` that are instruments of the audit, not audited models
 NOT_AUDITED = frozenset({"initial", *REFERENCES, RETRAIN_NULL})
@@ -170,7 +171,8 @@ class References:
     Parameters
     ----------
     half_a, half_b: the clients each reference trained on (complementary halves of the remaining clients).
-    out_of_both: withdrawn clients, in neither half (OUT for both; the audit uses reference A for them).
+    out_of_both: withdrawn clients, in neither half (OUT for both; the audit uses the mean of both references'
+        p(x) for them, as RMIA averages over every reference model that is OUT for x: less variance than one).
     sigs: cached signals of ``reference_a`` and ``reference_b``.
     population: the population sample Z.
     a, tuning_auc: RMIA's ``a``, tuned by attacking reference A with reference B, and the AUC it reached.
@@ -184,8 +186,15 @@ class References:
     a: float = math.nan
     tuning_auc: float = math.nan
 
+    def __post_init__(self) -> None:
+        ra, rb = self.sigs[REFERENCES[0]], self.sigs[REFERENCES[1]]
+        self.sigs[BOTH_REFERENCES] = ModelSignals(_mean_signals(ra.pool, rb.pool), ra.pool_correct, ra.test_correct,
+                                                  _mean_signals(ra.test, rb.test) if ra.test and rb.test else None)
+
     def for_client(self, k: int) -> str:
-        """The reference that EXCLUDES client k."""
+        """The reference signals that EXCLUDE client k (both references' mean when both exclude it)."""
+        if k in self.out_of_both:
+            return BOTH_REFERENCES
         return REFERENCES[1] if k in self.half_a else REFERENCES[0]
 
     def tune(self, parts, gamma: float) -> None:
@@ -208,8 +217,14 @@ class References:
                 "population_size": len(self.population), "population_held_out": int(len(self.population.pool)),
                 "population_test": int(len(self.population.test)),
                 "halves": {"reference_a": self.half_a, "reference_b": self.half_b, "out_of_both": self.out_of_both},
-                "reference_for_client": "reference_b for reference A's clients, reference_a otherwise (withdrawn "
-                                        "clients are OUT for both references)"}
+                "reference_for_client": "reference_b for reference A's clients, reference_a for reference B's, the "
+                                        "mean of both for withdrawn clients (OUT for both references)"}
+
+
+def _mean_signals(a: RecordSignals, b: RecordSignals) -> RecordSignals:
+    """The mean of two models' p_y(x) (RMIA's reference term), with its logit-scaled confidence."""
+    p = (a.prob_true + b.prob_true) / 2
+    return RecordSignals(prob_true=p, phi=np.log(p) - np.log1p(-np.minimum(p, 1 - 1e-16)))
 
 
 def load_references(run_dir: Path, cfg, parts) -> References:
@@ -489,7 +504,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
     failed = {**prev_failed, **(failed or {})}
     retrain_cost = ledger.total(ORACLE)
     gamma = cfg.audit.gamma
-    ref_name = REFERENCES[0] if refs is not None else None  # withdrawn clients are OUT for both references
+    ref_name = BOTH_REFERENCES if refs is not None else None  # withdrawn records are OUT for both references
     pooled = {m: attack_input(sigs[m], sigs[ORIGINAL], w_mem, w_hold, gamma, refs, ref_name) for m in names}
     wscores: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for m in names:
@@ -659,7 +674,7 @@ def retrain_null_summary(cfg, null_scores: Scores, scores: Scores, parts, attack
                  "client sampling, data order); every flag below is a false alarm", "attacks": {}}
     w_mem, w_hold, _ = forget_sets(cfg, parts)
     band = null_band(len(w_mem), len(w_hold))
-    ref_name = REFERENCES[0] if refs is not None else None
+    ref_name = BOTH_REFERENCES if refs is not None else None
     pooled = attack_input(sigs[RETRAIN_NULL], sigs[ORIGINAL], w_mem, w_hold, gamma, refs, ref_name)
     pooled_re = attack_input(sigs[ORACLE], sigs[ORIGINAL], w_mem, w_hold, gamma, refs, ref_name)
     for a in attacks:
