@@ -99,6 +99,16 @@ class ServerContext:
         cfg.update(extra or {})
         return cfg
 
+    def log_round(self, phase: str, rnd: int, new: Weights, ok: Sequence[ClientReply], failed: int) -> None:
+        """One ``rounds.csv`` row: the successful clients' example-weighted training metrics and the new global
+        model's central test metrics."""
+        n = sum(max(x.num_examples, 1) for x in ok)
+        tl = sum(x.metrics.get("loss", 0.0) * max(x.num_examples, 1) for x in ok) / n
+        ta = sum(x.metrics.get("accuracy", 0.0) * max(x.num_examples, 1) for x in ok) / n
+        test_loss, test_acc = self.evaluate(new) if self.evaluate else (float("nan"), float("nan"))
+        self.rounds.add(phase=phase, round=rnd, clients=len(ok), failed=failed, train_loss=round(tl, 6),
+                        train_accuracy=round(ta, 6), test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
+
     def ingest(self, replies: Sequence[ClientReply], sent: Weights | None, n_sent: int) -> None:
         """Account for one exchange: bytes both ways, client samples, failures, and the clients' data reads."""
         down = weights_nbytes(sent) * n_sent if sent is not None else 0

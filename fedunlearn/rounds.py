@@ -106,7 +106,7 @@ class FedAvgRounds:
                               + "; ".join(f"client {x.pid}: {x.error}" for x in failed[:3]))
         new = weighted_average([(x.weights, max(x.num_examples, 1)) for x in ok])  # type: ignore[misc]
         self._record(r, sent, ok)
-        self._log_round(r, new, ok, missing)
+        self.ctx.log_round(self.phase, r, new, ok, missing)
         self.ctx.costs.note(rounds=1)
         if self.ctx.on_round:
             self.ctx.on_round(self.phase, rnd, self.total_rounds)
@@ -123,12 +123,3 @@ class FedAvgRounds:
         for x in ok:
             if hist.wants_last_local(x.pid):
                 hist.save_last_local(x.pid, r, x.weights)  # type: ignore[arg-type]
-
-    def _log_round(self, r: int, new: Weights, ok: Sequence[ClientReply], missing: int) -> None:
-        n = sum(max(x.num_examples, 1) for x in ok)
-        tl = sum(x.metrics.get("loss", 0.0) * max(x.num_examples, 1) for x in ok) / n
-        ta = sum(x.metrics.get("accuracy", 0.0) * max(x.num_examples, 1) for x in ok) / n
-        test_loss, test_acc = self.ctx.evaluate(new) if self.ctx.evaluate else (float("nan"), float("nan"))
-        self.ctx.rounds.add(phase=self.phase, round=r, clients=len(ok), failed=missing, train_loss=round(tl, 6),
-                            train_accuracy=round(ta, 6), test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
-

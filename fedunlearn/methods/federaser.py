@@ -144,11 +144,5 @@ class FedEraser(UnlearningMethod):
             new = subtract(r.weights, w)  # type: ignore[arg-type]
             items.append((calibrate(old, new), float(max(r.num_examples, 1))))
         w = apply_update(w, weighted_average(items))
-        test_loss, test_acc = ctx.evaluate(w) if ctx.evaluate else (float("nan"), float("nan"))
-        n = sum(max(r.num_examples, 1) for r in ok)
-        ctx.rounds.add(phase=ctx.phase, round=t, clients=len(ok), failed=len(failed),
-                       train_loss=round(sum(r.metrics.get("loss", 0.0) * max(r.num_examples, 1) for r in ok) / n, 6),
-                       train_accuracy=round(sum(r.metrics.get("accuracy", 0.0) * max(r.num_examples, 1)
-                                                for r in ok) / n, 6),
-                       test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
+        ctx.log_round(ctx.phase, t, w, ok, len(failed))
         return w

@@ -128,13 +128,7 @@ class MethodRounds:
         with self.phase(name):
             new = weighted_average([(r.weights, max(r.num_examples, 1)) for r in ok])  # type: ignore[misc]
             self.ctx.costs.note(rounds=1)
-            n = sum(max(r.num_examples, 1) for r in ok)
-            train_loss = sum(r.metrics.get("loss", 0.0) * max(r.num_examples, 1) for r in ok) / n
-            train_acc = sum(r.metrics.get("accuracy", 0.0) * max(r.num_examples, 1) for r in ok) / n
-            test_loss, test_acc = self.ctx.evaluate(new) if self.ctx.evaluate else (float("nan"), float("nan"))
-            self.ctx.rounds.add(phase=self.ctx.phase, round=rnd, clients=len(ok), failed=missing,
-                                train_loss=round(train_loss, 6), train_accuracy=round(train_acc, 6),
-                                test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
+            self.ctx.log_round(self.ctx.phase, rnd, new, ok, missing)
         return new
 
 
