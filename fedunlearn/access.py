@@ -21,7 +21,7 @@ ACCESS_COLUMNS = ["seq", "client", "split", "selection", "records", "purpose", "
 @dataclass
 class DataRead:
     client: int
-    split: str       # "member" | "holdout"
+    split: str       # "member" | "validation" (client steps) | "audit" (the audit alone)
     records: int
     purpose: str     # the client step ("train", "pga_ascent", ...) or "audit"
     selection: str = "all"  # class withdrawal: "retained" (withdrawn labels removed) or "forget" (only those)

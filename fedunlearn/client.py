@@ -100,7 +100,9 @@ class ClientRuntime:
         return _labels(self.message.get("withdrawn_classes", ""))
 
     def read(self, split: str = "member", forget: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """This client's ``member`` (trained-on) or ``holdout`` records; every call is noted in the ledger.
+        """This client's ``member`` (trained-on) or ``validation`` (held-out, never trained on) records; every call
+        is noted in the ledger. The audit part of the held-out records is never readable here: only the audit,
+        outside the federation, reads it (leakage.md), so no training or method step can tune on it.
 
         Under a class withdrawal the withdrawn labels are left out; ``forget=True`` returns only them instead, and
         is refused unless their withdrawal window is open (only steps that declare ``needs_forget_data`` ask).
@@ -108,10 +110,13 @@ class ClientRuntime:
         ds, parts = self._data
         if split == "member":
             idx = parts.members[self.pid]
-        elif split == "holdout":
-            idx = parts.holdout[self.pid]
+        elif split == "validation":
+            idx = parts.validation[self.pid]
+        elif split == "audit":
+            raise PrivacyViolation(f"step {self.step!r} asked for client {self.pid}'s audit records; only the audit "
+                                   "reads them (methods may read the validation part)")
         else:
-            raise ValueError(f"split must be 'member' or 'holdout', got {split!r}")
+            raise ValueError(f"split must be 'member' or 'validation', got {split!r}")
         gone, selection = self.withdrawn_classes, "all"
         if forget:
             if not gone or not gone <= _labels(self.message.get("forget_window_open", "")):

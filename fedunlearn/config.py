@@ -51,6 +51,9 @@ class DataConfig(Strict):
     shards_per_client: int = Field(2, ge=1)
     clients: int = Field(10, ge=2)
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each client's data kept out of training")
+    validation: float = Field(0.25, gt=0, lt=1, description="share of each client's held-out records in its "
+                              "validation part (methods may read it inside the withdrawal window); the rest is "
+                              "the audit part, read by the audit alone")
     seed: int | None = Field(None, description="seed of the data (dataset, partition, splits); absent = the "
                                                "experiment seed. The A2 seed audit varies the training seed only")
 

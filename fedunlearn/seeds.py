@@ -64,6 +64,7 @@ def train_seed_runs(run_dir: Path, m: int) -> list[Path]:
 
 def _check_same_data(parent, replica, where: Path) -> None:
     same = len(parent.members) == len(replica.members) and np.array_equal(parent.test, replica.test) and all(
-        np.array_equal(a, b) for a, b in zip(parent.members + parent.holdout, replica.members + replica.holdout))
+        np.array_equal(a, b) for a, b in zip(parent.members + parent.validation + parent.audit,
+                                 replica.members + replica.validation + replica.audit))
     if not same:
         raise FedUnlearnError(f"seed replica {where}: its partitions differ from the audited run's (data.seed?)")

@@ -14,7 +14,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 TINY = [
     'name="tiny"', "seed=0",
     'data.dataset="synthetic"', "data.samples=600", "data.features=20", "data.informative=8", "data.classes=3",
-    "data.class_sep=1.5", "data.flip_y=0.05", "data.clients=4", "data.holdout=0.25",
+    "data.class_sep=1.5", "data.flip_y=0.05", "data.clients=4", "data.holdout=0.25", "data.validation=0.5",
     "model.hidden=[32]",
     "train.rounds=4", "train.local_epochs=1", "train.lr=0.1", "train.batch_size=32",
     'sim.backend="inprocess"', 'sim.device="cpu"',

@@ -134,7 +134,7 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
 
 @dataclass(frozen=True)
 class Population:
-    """RMIA's population sample Z: held-out records (training-pool indices) and test records (test indices)."""
+    """RMIA's population sample Z: audit records (training-pool indices) and test records (test indices)."""
 
     pool: np.ndarray
     test: np.ndarray
@@ -143,7 +143,7 @@ class Population:
         return int(len(self.pool) + len(self.test))
 
     def without(self, pool_idx: np.ndarray) -> "Population":
-        """Z minus the given pool records (a client's own held-out records are never its population)."""
+        """Z minus the given pool records (a client's own audit records are never its population)."""
         return Population(self.pool[~np.isin(self.pool, pool_idx)], self.test)
 
     def signals(self, s: ModelSignals) -> RecordSignals:
@@ -154,8 +154,9 @@ class Population:
 
 
 def sample_population(parts, size: int, seed: int) -> Population:
-    """The union of every client's held-out records and the test set, seeded sample of at most ``size`` records."""
-    hold = np.sort(np.concatenate([np.asarray(h, np.int64) for h in parts.holdout]))
+    """The union of every client's audit records and the test set, seeded sample of at most ``size`` records
+    (validation records never: methods read them)."""
+    hold = np.sort(np.concatenate([np.asarray(h, np.int64) for h in parts.audit]))
     test = np.asarray(parts.test, np.int64)
     n = len(hold) + len(test)
     if n <= size:
@@ -199,9 +200,9 @@ class References:
 
     def tune(self, parts, gamma: float) -> None:
         """Tune ``a`` on {0, 0.1, ..., 1}: target = reference A, reference = B; members = A's clients' members,
-        non-members = A's clients' held-out records (OUT for both), population = Z without those."""
+        non-members = A's clients' audit records (OUT for both), population = Z without those."""
         mem = np.concatenate([parts.members[k] for k in self.half_a])
-        non = np.concatenate([parts.holdout[k] for k in self.half_a])
+        non = np.concatenate([parts.audit[k] for k in self.half_a])
         ra, rb = self.sigs[REFERENCES[0]], self.sigs[REFERENCES[1]]
         z = self.population.without(non)
         pza, pzb = z.signals(ra).prob_true, z.signals(rb).prob_true
@@ -213,7 +214,7 @@ class References:
 
     def describe(self) -> dict:
         return {"a": self.a, "a_grid": [round(0.1 * i, 1) for i in range(11)], "tuning_auc": self.tuning_auc,
-                "tuned_on": "reference_a attacked with reference_b (members vs held-out of reference A's clients)",
+                "tuned_on": "reference_a attacked with reference_b (members vs audit records of reference A's clients)",
                 "population_size": len(self.population), "population_held_out": int(len(self.population.pool)),
                 "population_test": int(len(self.population.test)),
                 "halves": {"reference_a": self.half_a, "reference_b": self.half_b, "out_of_both": self.out_of_both},
@@ -268,7 +269,7 @@ def score_models(models: list[str], sigs: dict[str, ModelSignals], parts, attack
     out: Scores = {}
     for m in models:
         for k in range(parts.num_clients):
-            inp = attack_input(sigs[m], sigs[ORIGINAL], parts.members[k], parts.holdout[k], gamma, refs,
+            inp = attack_input(sigs[m], sigs[ORIGINAL], parts.members[k], parts.audit[k], gamma, refs,
                                refs.for_client(k) if refs is not None else None)
             for a in attacks:
                 attack = ATTACKS.get(a)
@@ -355,15 +356,15 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     if has_null:
         sigs[RETRAIN_NULL] = compute_signals(run_dir, RETRAIN_NULL)
     access = AccessLog(run_dir / "data_access.csv", WithdrawalWindow({p: "closed" for p in withdrawn}))
-    access.record([DataRead(k, s, len(getattr(parts, "members" if s == "member" else "holdout")[k]), "audit")
-                   for k in range(parts.num_clients) for s in ("member", "holdout")], "audit")
+    access.record([DataRead(k, s, len(getattr(parts, "members" if s == "member" else "audit")[k]), "audit")
+                   for k in range(parts.num_clients) for s in ("member", "audit")], "audit")
 
     gamma = cfg.audit.gamma
     scores = score_models(names, sigs, parts, attacks, gamma, refs)
     rows: list[dict] = []
     for (m, k, a), (mem, non) in scores.items():
         s = sigs[m]
-        mi, hi = parts.members[k], parts.holdout[k]
+        mi, hi = parts.members[k], parts.audit[k]
         rows.append(_metric_row(m, k, k in withdrawn, a, mem, non, float(s.pool_correct[mi].mean()),
                                 float(s.pool_correct[hi].mean()), cfg.audit.bootstrap))
     compare_rows(rows, scores, cfg.audit.fdr_q)
@@ -589,19 +590,19 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
 
 
 def forget_sets(cfg, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of the withdrawn members, the withdrawn held-out records and the retained members: the withdrawn
-    clients' records, or under a class withdrawal every client's records of the withdrawn labels."""
+    """Indices of the withdrawn members, the withdrawn audit records (the non-members) and the retained members: the
+    withdrawn clients' records, or under a class withdrawal every client's records of the withdrawn labels."""
     k_all = range(parts.num_clients)
     if not cfg.withdraw.classes:
         gone = sorted(cfg.withdraw.clients)
-        return (np.concatenate([parts.members[k] for k in gone]), np.concatenate([parts.holdout[k] for k in gone]),
+        return (np.concatenate([parts.members[k] for k in gone]), np.concatenate([parts.audit[k] for k in gone]),
                 np.concatenate([parts.members[k] for k in k_all if k not in set(gone)]))
     from fedunlearn.client import experiment_data
 
     y = experiment_data(cfg)[0].y_train
     labels = sorted(cfg.withdraw.classes)
     mem = np.concatenate([parts.members[k] for k in k_all])
-    hold = np.concatenate([parts.holdout[k] for k in k_all])
+    hold = np.concatenate([parts.audit[k] for k in k_all])
     forget = np.isin(y[mem], labels)
     return mem[forget], hold[np.isin(y[hold], labels)], mem[~forget]
 

@@ -1,4 +1,4 @@
-"""Data: datasets by name, partitioning into clients, member/held-out splits (all seeded, all pure numpy)."""
+"""Data: datasets by name, partitioning into clients, member / validation / audit splits (all seeded, all pure numpy)."""
 
 from fedunlearn.data.datasets import DATASETS, Dataset, describe_datasets, load_dataset
 from fedunlearn.data.partition import PARTITIONERS, partition_indices
@@ -8,6 +8,7 @@ from fedunlearn.data.splits import (
     make_partitions,
     save_partitions,
     split_member_holdout,
+    split_validation_audit,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "partition_indices",
     "save_partitions",
     "split_member_holdout",
+    "split_validation_audit",
 ]

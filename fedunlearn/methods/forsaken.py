@@ -222,7 +222,7 @@ class Forsaken(UnlearningMethod):
 
 def _v_and_p(rt: ClientRuntime) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     xv, yv = rt.read("member")
-    xp, yp = rt.read("holdout")
+    xp, yp = rt.read("validation")
     return xv, yv, xp, yp
 
 

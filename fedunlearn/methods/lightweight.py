@@ -140,7 +140,7 @@ class Lightweight(UnlearningMethod):
 def verify_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """u's self-check: A0 AUC of its members vs its held-out records under the sent model (scalars only leave)."""
     xm, ym = rt.read("member")
-    xh, yh = rt.read("holdout")
+    xh, yh = rt.read("validation")
     model = rt.model(weights)
     metrics = leakage_metrics(model_phi(model, xm, ym, rt.device), model_phi(model, xh, yh, rt.device))
     return StepOutput(None, {**metrics, "num-examples": float(len(xm)), "samples": float(len(xm) + len(xh))})

@@ -161,7 +161,7 @@ def mean_softmax_kl(z_forget: torch.Tensor, z_heldout: torch.Tensor) -> torch.Te
 def fit_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """u, once: Gaussian fit of phi on members / held-out under w_T (scalars), and the attack MLP if asked for."""
     xm, ym = rt.read("member")
-    xh, yh = rt.read("holdout")
+    xh, yh = rt.read("validation")
     model = rt.model(weights)
     zm, zh = logits(model, xm, rt.device), logits(model, xh, rt.device)
     pm, ph = model_phi(model, xm, ym, rt.device), model_phi(model, xh, yh, rt.device)
@@ -194,7 +194,7 @@ def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
         raise ValueError("mia_loss_forget needs the global model")
     model_w, attack_w = split_extras(weights, ATTACK)
     xm, ym = rt.read("member")
-    xh, yh = rt.read("holdout")
+    xh, yh = rt.read("validation")
     model = rt.model(model_w)
     dev = rt.device
     leak_kind = rt.setting("leak", "gaussian")

@@ -23,6 +23,7 @@ from fedunlearn.data import (
     partition_indices,
     save_partitions,
     split_member_holdout,
+    split_validation_audit,
 )
 from fedunlearn.data.datasets import clear_dataset_cache
 from fedunlearn.errors import ConfigError, DataError
@@ -149,6 +150,25 @@ def test_split_needs_two_records() -> None:
         split_member_holdout(np.arange(1), 0.2, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize(("n", "share"), [(2, 0.01), (2, 0.99), (5, 0.5)])
+def test_validation_audit_split_keeps_one_each_side(n: int, share: float) -> None:
+    v, a = split_validation_audit(np.arange(n), share, np.random.default_rng(0), pid=0)
+    assert len(v) >= 1 and len(a) >= 1 and len(v) + len(a) == n and not set(v) & set(a)
+
+
+def test_validation_audit_split_needs_two_held_out_records() -> None:
+    with pytest.raises(ConfigError, match="data.holdout: client 3"):
+        split_validation_audit(np.arange(1), 0.5, np.random.default_rng(0), pid=3)
+
+
+def test_validation_share_is_validated() -> None:
+    from fedunlearn.config import load_config
+
+    for bad in ("0", "1", "1.5", '"x"'):
+        with pytest.raises(ConfigError, match="data.validation"):
+            load_config(None, [f"data.validation={bad}"])
+
+
 def test_make_partitions_deterministic_and_covering() -> None:
     cfg = DataConfig(dataset="synthetic", samples=400, features=10, informative=5, classes=4, clients=5, holdout=0.25)
     ds = load_dataset(cfg, 0)
@@ -158,10 +178,14 @@ def test_make_partitions_deterministic_and_covering() -> None:
     assert a.num_clients == 5
     for pid in range(5):
         assert np.array_equal(a.members[pid], b.members[pid])
-        assert np.array_equal(a.holdout[pid], b.holdout[pid])
+        assert np.array_equal(a.validation[pid], b.validation[pid])
+        assert np.array_equal(a.audit[pid], b.audit[pid])
         assert not set(a.members[pid]) & set(a.holdout[pid])
+        assert not set(a.validation[pid]) & set(a.audit[pid]), "validation and audit parts are disjoint"
+        assert np.array_equal(a.holdout[pid], np.sort(np.concatenate([a.validation[pid], a.audit[pid]])))
         share = len(a.holdout[pid]) / len(a.client_indices(pid))
         assert abs(share - 0.25) < 0.05
+        assert abs(len(a.validation[pid]) / len(a.holdout[pid]) - cfg.validation) < 0.1
     _check_partition([a.client_indices(p) for p in range(5)], len(ds.y_train), 5)
     assert not np.array_equal(a.members[0], c.members[0])
     assert np.array_equal(a.test, np.arange(len(ds.y_test)))
@@ -177,7 +201,8 @@ def test_save_load_partitions_round_trip(tmp_path: Path) -> None:
     assert isinstance(back, Partitions) and back.num_clients == 4
     for pid in range(4):
         assert np.array_equal(back.members[pid], parts.members[pid])
-        assert np.array_equal(back.holdout[pid], parts.holdout[pid])
+        assert np.array_equal(back.validation[pid], parts.validation[pid])
+        assert np.array_equal(back.audit[pid], parts.audit[pid])
     assert np.array_equal(back.test, parts.test)
     assert list(tmp_path.joinpath("run").iterdir()) == [path], "no temp files left"
     with pytest.raises(DataError, match="partitions"):

@@ -90,3 +90,45 @@ def model_device():
     return torch.device("cpu")
 
 
+
+
+@pytest.mark.parametrize("name", [m for m in ALL if m != "retrain"])
+def test_no_step_reads_audit_records(tmp_path, monkeypatch, name: str) -> None:
+    """The audit is blind: no training or method step reads an audit record. Two proofs per method: the ledger
+    holds no ``audit`` read outside the audit, and with every audit record's features set to NaN for the whole run
+    (so any computation that touched one would turn NaN) every saved model is finite."""
+    import dataclasses
+
+    import numpy as np
+
+    import fedunlearn.client as client_mod
+    from fedunlearn.models import load_weights
+
+    real = client_mod.experiment_data
+
+    def poisoned(cfg):
+        ds, parts = real(cfg)
+        x = ds.x_train.copy()
+        x[np.concatenate(parts.audit)] = np.nan
+        return dataclasses.replace(ds, x_train=x), parts
+
+    monkeypatch.setattr(client_mod, "experiment_data", poisoned)
+    tf = _run(tmp_path, name)
+    rows = read_access_log(tf.run_dir / "data_access.csv")
+    assert rows, "the ledger records the steps' reads"
+    assert {r["split"] for r in rows} <= {"member", "validation"}, {r["split"] for r in rows}
+    for model in ("original", name, "retrain"):
+        w = load_weights(tf.run_dir / "models" / f"{model}.pt")
+        assert all(np.isfinite(np.asarray(v, np.float64)).all() for v in w.values()), model
+
+
+def test_client_runtime_refuses_audit_reads(tiny_fed) -> None:
+    from fedunlearn.client import ClientRuntime
+    from fedunlearn.errors import PrivacyViolation
+
+    rt = ClientRuntime(1, tiny_fed.cfg, {"step": "train"})
+    with pytest.raises(PrivacyViolation, match="audit records"):
+        rt.read("audit")
+    assert rt.reads == []
+    x, _ = rt.read("validation")
+    assert len(x) and rt.reads[-1].split == "validation"

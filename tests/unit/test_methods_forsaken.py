@@ -44,7 +44,7 @@ def _model(tf, weights: Weights):
 def _u_phi(tf, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
     ds, parts = experiment_data(tf.cfg)
     model = _model(tf, weights)
-    m, h = parts.members[0], parts.holdout[0]
+    m, h = parts.members[0], parts.validation[0]
     return (phi_from_logits(logits(model, ds.x_train[m], CPU), ds.y_train[m]),
             phi_from_logits(logits(model, ds.x_train[h], CPU), ds.y_train[h]))
 

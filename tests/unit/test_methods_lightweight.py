@@ -98,7 +98,7 @@ def test_verify_reads_u_only_in_its_window_then_budget_rule(tmp_path, w_t):
     assert _ledger(tf, "lightweight")["finetune"] == len(trace)
     rows = _u_rows(tf)
     assert rows and all(r["phase"] == "lightweight.verify" and r["window"] == "open" for r in rows)
-    assert {r["split"] for r in rows} == {"member", "holdout"}
+    assert {r["split"] for r in rows} == {"member", "validation"}
     assert _u_accuracy(tf, w) <= _u_accuracy(tf, w_t)
 
     # window closed: u is never addressed; the budget rule runs exactly max_rounds

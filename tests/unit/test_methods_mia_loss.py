@@ -40,7 +40,7 @@ def _u_phi(tf, weights: Weights) -> tuple[np.ndarray, np.ndarray]:
     """phi of u's members and held-out records (the auditor's direct view)."""
     ds, parts = experiment_data(tf.cfg)
     model = set_weights(build_model(tf.cfg.model, ds.input_shape, ds.num_classes), weights)
-    m, h = parts.members[0], parts.holdout[0]
+    m, h = parts.members[0], parts.validation[0]
     return (phi_from_logits(logits(model, ds.x_train[m], CPU), ds.y_train[m]),
             phi_from_logits(logits(model, ds.x_train[h], CPU), ds.y_train[h]))
 
