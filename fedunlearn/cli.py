@@ -7,10 +7,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -160,20 +161,47 @@ def audit(
 
 
 @app.command()
-def methods() -> None:
-    """List the unlearning methods: where their steps run and what they need."""
+def methods(name: Annotated[Optional[str], typer.Argument(help="one method: its hyperparameters and departures")]
+            = None) -> None:
+    """List the unlearning methods: where their steps run and what they need (NAME: one method in detail)."""
     from fedunlearn.methods import METHODS
 
-    table = Table(title="Unlearning methods (\\[unlearn.<name>] sets their hyperparameters)")
+    if name is not None:
+        try:
+            cls = METHODS.get(name, "NAME")
+        except ConfigError as err:
+            _fail(err)
+        _method_details(cls)
+        return
+    table = Table(title="Unlearning methods (\\[unlearn.<name>] sets their hyperparameters; "
+                        "`fedunlearn methods NAME` for details)")
     for col in ("name", "what it does", "runs on", "needs", "granularity", "paper"):
         table.add_column(col, overflow="fold")
-    for name, cls in METHODS.items():
+    for key, cls in METHODS.items():
         needs = [n for n, flag in (("forget data (in window)", cls.needs_forget_data),
                                     ("update history", cls.needs_history),
                                     ("remaining clients", cls.needs_remaining_clients)) if flag]
         where = "; ".join(f"{k}: {v}" for k, v in cls.where.items())
-        table.add_row(name, cls.summary, where, ", ".join(needs) or "—", ", ".join(cls.granularity), cls.paper)
+        table.add_row(key, cls.summary, where, ", ".join(needs) or "—", ", ".join(cls.granularity), cls.paper)
     console.print(table)
+
+
+def _method_details(cls) -> None:  # noqa: ANN001 - an UnlearningMethod subclass
+    """One method: paper, where each step runs, hyperparameters with defaults, departures from the paper."""
+    console.print(f"[bold]{escape(cls.name)}[/bold] — {escape(cls.summary)}")
+    console.print(f"paper: {escape(cls.paper)}")
+    for k, v in cls.where.items():
+        console.print(f"  {k}: {escape(v)}")
+    table = Table(title=f"\\[unlearn.{cls.name}]")
+    for col in ("key", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for key, field in cls.Params.model_fields.items():
+        table.add_row(key, escape(repr(field.default)), escape(field.description or ""))
+    console.print(table)
+    if cls.departures:
+        console.print("departures from the paper / reference code, and fixes:")
+        for line in cls.departures:
+            console.print(f"  - {escape(line)}")
 
 
 @app.command()

@@ -121,6 +121,9 @@ class UnlearningMethod(ABC):
     needs_history: ClassVar[bool] = False          # needs per-client updates stored during training
     needs_remaining_clients: ClassVar[bool] = True
     Params: ClassVar[type[MethodParams]] = MethodParams
+    #: where this implementation departs from the paper / its reference code, or fixes a measured defect, one line
+    #: each (``fedunlearn methods NAME`` prints them; the module docstring gives the reasons)
+    departures: ClassVar[tuple[str, ...]] = ()
     client_steps: ClassVar[dict[str, StepFn]] = {}  # step name -> function, registered in CLIENT_STEPS
 
     def __init__(self, params: MethodParams | None = None) -> None:
