@@ -169,6 +169,8 @@ class AuditConfig(Strict):
     bootstrap: int = Field(0, ge=0, description="0 = DeLong CI for AUC; N = stratified bootstrap resamples")
     retrain_null: bool | Literal["auto"] = Field("auto", description='second retrain with another seed; "auto" = '
                                                                     "on when rmia is among the attacks")
+    null_seeds: int = Field(1, ge=1, description="retrain-vs-retrain null: retrains with other seeds when "
+                            "retrain_null is on (more = a steadier equivalence margin; each costs one retrain)")
     seeds: int = Field(0, ge=0, description="A2 seed audit: 0 = off, M >= 3 = M extra seeds of every model")
     fr_alpha: float = Field(0.1, gt=0, lt=1, description="forgetting rate: A0 threshold at this FPR (original model)")
     fdr_q: float = Field(0.05, gt=0, lt=1, description="Benjamini-Hochberg FDR level over clients")

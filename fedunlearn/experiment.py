@@ -248,23 +248,26 @@ class Phases:
             self._checkpoint(name, w)
 
     def retrain_null(self) -> None:
-        """The retrain oracle once more with another seed (fresh initial weights, other client sampling and data
-        order): ``models/retrain_null.pt``, never audited as a model; the audit compares it with retrain to measure
-        how often two retrains already look "significantly different" (the false-alarm level)."""
-        if self.state.is_done(RETRAIN_NULL):
-            return
+        """The retrain oracle once more with other seeds (fresh initial weights, other client sampling and data
+        order): ``models/retrain_null.pt`` (then ``retrain_null_2.pt``, ... for ``audit.null_seeds`` > 1), never
+        audited as models; the audit compares them with retrain to measure how often two retrains already look
+        "significantly different" (the false-alarm level) and how far apart they are (the equivalence margin)."""
         from fedunlearn.client import experiment_data
         from fedunlearn.models import build_model, get_weights
 
         ds, _ = experiment_data(self.cfg)
-        w0 = get_weights(build_model(self.cfg.model, ds.input_shape, ds.num_classes,
-                                     seed=seed_for(self.cfg.seed, RETRAIN_NULL)))
         gone = set(self.cfg.withdraw.clients)
         remaining = [p for p in self.fed.pids if p not in gone]
-        job = UnlearnJob(self.fed, RETRAIN_NULL, w0, w0, sorted(gone), remaining, self.cfg.train.rounds)
-        w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
-        save_weights(self.run_dir / "models" / f"{RETRAIN_NULL}.pt", w)
-        self._checkpoint(RETRAIN_NULL, w)
+        for i in range(1, self.cfg.audit.null_seeds + 1):
+            name = RETRAIN_NULL if i == 1 else f"{RETRAIN_NULL}_{i}"
+            if self.state.is_done(name):
+                continue
+            w0 = get_weights(build_model(self.cfg.model, ds.input_shape, ds.num_classes,
+                                         seed=seed_for(self.cfg.seed, name)))
+            job = UnlearnJob(self.fed, name, w0, w0, sorted(gone), remaining, self.cfg.train.rounds)
+            w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
+            save_weights(self.run_dir / "models" / f"{name}.pt", w)
+            self._checkpoint(name, w)
 
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
                 record_history: bool = False, offset: int = 0) -> Weights:

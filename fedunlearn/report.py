@@ -368,10 +368,15 @@ def audit_sections(summary: dict) -> list[str]:
     if null:
         lines += ["", "## False-alarm level: retrain vs retrain with another seed", "",
                   "| attack | clients flagged (BH) | raw p < 0.05 | mean abs ΔAUC | max abs ΔAUC "
-                  "| withdrawn verdict |",
-                  "|---|---|---|---|---|---|"]
+                  "| equivalence margin | withdrawn ΔAUC | withdrawn as if never seen |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {a} | {e['bh_flagged']}/{e['clients']} | {e['raw_p_below_0.05']} | {e['mean_abs_delta_auc']:.3f} "
-                  f"| {e['max_abs_delta_auc']:.3f} | {e['withdrawn_verdict']} |" for a, e in null.items()]
+                  f"| {e['max_abs_delta_auc']:.3f} | ±{_num(e.get('equivalence_margin'))} "
+                  f"| {e['withdrawn_delta_auc_vs_retrain']:+.3f} | {e['withdrawn_never_seen'] or '—'} |"
+                  for a, e in null.items()]
+        lines += ["", f"Null models: {', '.join(summary['retrain_null'].get('null_models', []))}. The margin is "
+                  "1.96 × the RMS of their ΔAUC against retrain over every client: two exact unlearnings differ by "
+                  "this much by chance, so a method within it of retrain is judged equivalent."]
     rmia = summary.get("rmia")
     if rmia:
         h = rmia["halves"]
@@ -407,7 +412,7 @@ def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list
         header = ["model", "test", "u acc", "kept"]
     for a in attacks:
         header += ([f"{a} AUC", "Δ retrain", "verdict"] if compact
-                   else [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"verdict ({a})"])
+                   else [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"vs retrain ({a})", f"never seen ({a})"])
     header += ["wall s", "speed-up"]
     rows = []
     for m, e in summary["models"].items():
@@ -415,13 +420,15 @@ def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list
         for a in attacks:
             leak = e["leakage"].get(a)
             if leak is None:
-                row += ["—", "—", "—"]
+                row += ["—"] * (3 if compact else 4)
                 continue
             d = leak.get("distance_to_retrain")
             auc = f"{leak['auc']:.3f}" if compact else f"{leak['auc']:.3f} [{leak['auc_lo']:.3f}, {leak['auc_hi']:.3f}]"
-            verdict = {"under-unlearned": "under", "over-unlearned": "over"}.get(leak["verdict"], leak["verdict"])
-            row += [auc, "—" if d is None or m == "retrain" else f"{d:+.3f}",
-                    verdict if compact else leak["verdict"]]
+            short = {"under-unlearned": "under", "over-unlearned": "over", "equivalent": "equiv."}
+            verdict = short.get(leak["verdict"], leak["verdict"]) if compact else leak["verdict"]
+            row += [auc, "—" if d is None or m == "retrain" else f"{d:+.3f}", verdict]
+            if not compact:
+                row.append(leak.get("never_seen") or "—")
         cost = e.get("cost")
         sp = (e.get("speedup_vs_retrain") or {}).get("wall")
         row += [f"{cost['wall_s']:.1f}" if cost else "—", f"{sp:.1f}×" if sp and m != "retrain" else "—"]
@@ -456,10 +463,14 @@ def write_report(run_dir: Path) -> Path:
     if summary.get("failed_methods"):
         lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
     lines += audit_sections(summary)
-    lines += ["", "Verdicts: *inside* the null band = unlearned as far as this attack can tell; *under-unlearned* = "
-              "above it (still leaks membership); *over-unlearned* = below it (a detectable 'Streisand' signal). "
-              "Before/after attacks (difference) are judged against retrain's own AUC ± the same half-width: exact "
-              "unlearning also moves the forgotten records, so a larger difference than retrain's is over-unlearning.",
+    lines += ["", "Verdicts against retrain (*vs retrain*): *equivalent* = the withdrawn clients' AUC is within the "
+              "equivalence margin of retrain's (1.96 × the RMS of retrain-vs-retrain ΔAUC over clients and null "
+              "seeds; see the false-alarm section); *under-unlearned* = more leakage than retrain by more than the "
+              "margin; *over-unlearned* = less (a detectable 'Streisand' signal); *no margin* = the run trained no "
+              "retrain-vs-retrain null (`audit.retrain_null`). Before/after attacks (difference) flip the direction: "
+              "exact unlearning also moves the forgotten records, so a larger difference than retrain's is "
+              "over-unlearning. Retrain is exact by definition. *Never seen*: inside / above / below the 0.5 null "
+              "band (membership attacks only) — even retrain can sit above it.",
               "", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
     lines += ["", "Files: `per_client.csv` (every model × client × attack, with ΔAUC, paired DeLong p-values and "

@@ -20,6 +20,8 @@ __all__ = [
     "auc",
     "auc_ci",
     "band_verdict",
+    "equivalence_margin",
+    "equivalence_verdict",
     "benjamini_hochberg",
     "delong_paired_test",
     "null_band",
@@ -199,6 +201,34 @@ def band_verdict(auc_value: float, band: tuple[float, float]) -> str:
     if auc_value > hi:
         return "under-unlearned"
     return "inside"
+
+
+def equivalence_margin(null_deltas: np.ndarray, z: float = 1.96) -> float:
+    """Margin of "equivalent to retrain": ``z`` times the root-mean-square of retrain-vs-retrain ΔAUC.
+
+    ``null_deltas`` are AUC(retrain with another seed, k) − AUC(retrain, k) over every client k and every null seed:
+    two exact unlearnings that differ only in their training seed, scored on the same records. Their mean is 0 in
+    expectation, so the RMS estimates the standard deviation of one client's ΔAUC when nothing differs; ``z`` = 1.96
+    makes the margin a two-sided 95% level. NaN entries are dropped; NaN when none is left.
+    """
+    d = np.asarray(null_deltas, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    return float(z * np.sqrt(np.mean(d ** 2))) if d.size else math.nan
+
+
+def equivalence_verdict(delta: float, margin: float) -> str:
+    """A method's leakage against retrain's: 'equivalent' when |Δ| <= margin, 'under-unlearned' when it leaks more
+    (Δ > margin), 'over-unlearned' when less (Δ < −margin: a detectable "Streisand" signal); 'no margin' without a
+    retrain-vs-retrain null."""
+    if math.isnan(delta):
+        raise ValueError("equivalence_verdict needs a finite ΔAUC, got NaN")
+    if math.isnan(margin):
+        return "no margin"
+    if delta > margin:
+        return "under-unlearned"
+    if delta < -margin:
+        return "over-unlearned"
+    return "equivalent"
 
 
 def benjamini_hochberg(pvalues: np.ndarray, q: float = 0.05) -> np.ndarray:

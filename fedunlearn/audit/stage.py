@@ -38,6 +38,8 @@ from fedunlearn.audit.metrics import (
     auc_ci,
     band_verdict,
     benjamini_hochberg,
+    equivalence_margin,
+    equivalence_verdict,
     delong_paired_test,
     null_band,
     tpr_at_fpr,
@@ -60,6 +62,17 @@ BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of 
 RETRAIN_NULL = "retrain_null"
 #: models saved in ``models/`` that are instruments of the audit, not audited models
 NOT_AUDITED = frozenset({"initial", *REFERENCES, RETRAIN_NULL})
+
+
+def is_null_model(name: str) -> bool:
+    """``retrain_null`` and its further seeds ``retrain_null_2``, ``retrain_null_3``, ... (``audit.null_seeds``)."""
+    return name == RETRAIN_NULL or (name.startswith(RETRAIN_NULL + "_") and name[len(RETRAIN_NULL) + 1:].isdigit())
+
+
+def null_model_names(run_dir: Path) -> list[str]:
+    """The retrain-vs-retrain null models of a run, in seed order."""
+    names = [p.stem for p in (Path(run_dir) / "models").glob("*.pt") if is_null_model(p.stem)]
+    return sorted(names, key=lambda n: 1 if n == RETRAIN_NULL else int(n.rsplit("_", 1)[1]))
 _SIGNALS_VERSION = 2
 _UNDEFINED_FR = "undefined (B_T = 0): no withdrawn member was judged a member by the original model"
 
@@ -87,7 +100,7 @@ def model_names(run_dir: Path) -> list[str]:
     from fedunlearn.config import load_config
 
     cfg = load_config(run_dir / "config.toml")
-    present = {p.stem for p in (run_dir / "models").glob("*.pt")} - NOT_AUDITED
+    present = {p.stem for p in (run_dir / "models").glob("*.pt") if not is_null_model(p.stem)} - NOT_AUDITED
     ordered = [ORIGINAL] + [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
     return [m for m in ordered if m in present]
 
@@ -352,9 +365,9 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     needs_refs = any("reference" in ATTACKS.get(a).needs for a in attacks)
     refs = load_references(run_dir, cfg, parts) if needs_refs else None
     sigs = {m: compute_signals(run_dir, m) for m in names}
-    has_null = (run_dir / "models" / f"{RETRAIN_NULL}.pt").exists()
-    if has_null:
-        sigs[RETRAIN_NULL] = compute_signals(run_dir, RETRAIN_NULL)
+    nulls = null_model_names(run_dir)
+    for n in nulls:
+        sigs[n] = compute_signals(run_dir, n)
     access = AccessLog(run_dir / "data_access.csv", WithdrawalWindow({p: "closed" for p in withdrawn}))
     access.record([DataRead(k, s, len(getattr(parts, "members" if s == "member" else "audit")[k]), "audit")
                    for k in range(parts.num_clients) for s in ("member", "audit")], "audit")
@@ -373,12 +386,13 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, attacks, cfg.audit.vulnerable_top)
     _write_rows(run_dir / "vulnerable_records.csv", VULNERABLE_COLUMNS, vulnerable)
 
-    summary = build_summary(run_dir, cfg, names, sigs, parts, attacks, failed, refs)
+    null_scores = score_models(nulls, sigs, parts, attacks, gamma, refs) if nulls else {}
+    margins = equivalence_margins(null_scores, scores, nulls, attacks, parts.num_clients)
+    summary = build_summary(run_dir, cfg, names, sigs, parts, attacks, failed, refs, margins)
     summary["comparisons"] = comparison_summary(rows, withdrawn, cfg.audit.fdr_q)
-    if has_null:
-        null_scores = score_models([RETRAIN_NULL], sigs, parts, attacks, gamma, refs)
+    if nulls:
         summary["retrain_null"] = retrain_null_summary(cfg, null_scores, scores, parts, attacks,
-                                                       cfg.audit.fdr_q, sigs, gamma, refs)
+                                                       cfg.audit.fdr_q, sigs, gamma, refs, margins)
     if seeds:
         from fedunlearn.seeds import train_seed_runs
 
@@ -484,7 +498,8 @@ def _na(v: float) -> float | None:
 
 
 def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSignals], parts, attacks: list[str],
-                  failed: dict[str, str] | None, refs: References | None = None) -> dict:
+                  failed: dict[str, str] | None, refs: References | None = None,
+                  margins: dict[str, float] | None = None) -> dict:
     """Per model: utility, the withdrawn clients' leakage (pooled over withdrawn clients) vs retrain and vs the
     original, the forgetting rate, costs; plus the RMIA set-up and the per-method verdicts."""
     from fedunlearn.costs import CostLedger
@@ -535,10 +550,12 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
             re, og = wscores.get((ORACLE, a)), wscores.get((ORIGINAL, a))
             re_auc = auc(*re) if re is not None else None
             og_auc = auc(*og) if og is not None else None
-            verdict, vband = withdrawn_verdict(a, value, band, re_auc)
+            margin = (margins or {}).get(a, math.nan)
+            verdict = "exact" if m == ORACLE else retrain_verdict(a, value - re_auc, margin) \
+                if re_auc is not None else "no margin"
             leak = {"auc": value, "auc_lo": lo, "auc_hi": hi, "tpr_at_1pct_fpr": _na(tpr_at_fpr(mem, non, 0.01)),
                     "advantage": advantage(mem, non), "null_band": list(band), "verdict": verdict,
-                    "verdict_band": list(vband)}
+                    "equivalence_margin": _na(margin), "never_seen": never_seen_verdict(a, value, band)}
             leak["distance_to_retrain"] = value - re_auc if re_auc is not None else None
             leak["tpr_at_0.1pct_fpr"] = _na(tpr_at_fpr(mem, non, 0.001))
             leak["delta_auc_vs_original"] = value - og_auc if og_auc is not None else None
@@ -572,7 +589,14 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
                               "server_storage_bytes": original_cost.server_storage_bytes},
         "models": models, "failed_methods": failed,
     }
-    summary["verdicts"] = {m: {a: {"verdict": e["leakage"][a]["verdict"], "closer_to": e["leakage"][a]["closer_to"]}
+    summary["verdict_rule"] = (
+        "verdict: the withdrawn clients' AUC against retrain's, equivalent when |ΔAUC| <= equivalence_margin = 1.96 x "
+        "RMS of retrain-vs-retrain ΔAUC over every client and null seed (audit.retrain_null, audit.null_seeds); above "
+        "it under-unlearned (still leaks), below it over-unlearned; for the difference attack the direction flips (a "
+        "larger before/after change than retrain's = over-unlearned); 'no margin' without a null; retrain is exact. "
+        "never_seen: inside / above / below the 0.5 null band of leakage.md (membership attacks only)")
+    summary["verdicts"] = {m: {a: {"verdict": e["leakage"][a]["verdict"], "never_seen": e["leakage"][a]["never_seen"],
+                                   "closer_to": e["leakage"][a]["closer_to"]}
                                for a in attacks if a in e["leakage"]}
                            for m, e in models.items() if m != ORIGINAL}
     summary["forgetting_rate"] = {
@@ -607,23 +631,36 @@ def forget_sets(cfg, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mem[forget], hold[np.isin(y[hold], labels)], mem[~forget]
 
 
-def withdrawn_verdict(attack: str, value: float, band: tuple[float, float],
-                      retrain_auc: float | None) -> tuple[str, tuple[float, float]]:
-    """Is the withdrawn client inside retrain's band, over- or under-unlearned? Returns (verdict, band used).
+def retrain_verdict(attack: str, delta: float, margin: float) -> str:
+    """The withdrawn clients' leakage against retrain's (``delta`` = AUC − AUC(retrain)), by the null's margin.
 
-    Membership attacks (loss, rmia): retrain's band is the null band 0.5 +/- max(0.01, 1.96 SE_null); above it =
-    under-unlearned, below = over-unlearned. Before/after attacks (difference) are never 0.5 under retrain (exact
-    unlearning also moves the forgotten records: Chen et al. CCS 2021), so their band is retrain's own AUC +/- the
-    same half-width, and the direction flips: a larger difference than retrain's = over-unlearned, smaller = under.
+    Membership attacks (loss, rmia): more leakage than retrain = under-unlearned. Before/after attacks (difference)
+    score how much a model changed on the forgotten records; exact unlearning changes them too (Chen et al. CCS
+    2021), so a larger change than retrain's = over-unlearned, a smaller one = under-unlearned.
     """
-    if "original" not in ATTACKS.get(attack).needs:
-        return band_verdict(value, band), band
-    if retrain_auc is None:
-        raise ValueError(f"{attack}: the verdict needs retrain's AUC")
-    half = (band[1] - band[0]) / 2.0
-    rband = (retrain_auc - half, retrain_auc + half)
-    flipped = {"over-unlearned": "under-unlearned", "under-unlearned": "over-unlearned", "inside": "inside"}
-    return flipped[band_verdict(value, rband)], rband
+    verdict = equivalence_verdict(delta, margin)
+    if "original" in ATTACKS.get(attack).needs:
+        verdict = {"over-unlearned": "under-unlearned", "under-unlearned": "over-unlearned"}.get(verdict, verdict)
+    return verdict
+
+
+def never_seen_verdict(attack: str, value: float, band: tuple[float, float]) -> str | None:
+    """"As if never seen": the AUC inside the 0.5 null band of leakage.md ('inside'), above it ('under-unlearned')
+    or below it ('over-unlearned'); None for before/after attacks, which are not 0.5 even under retrain."""
+    if "original" in ATTACKS.get(attack).needs:
+        return None
+    return band_verdict(value, band)
+
+
+def equivalence_margins(null_scores: Scores, scores: Scores, nulls: list[str], attacks: list[str],
+                        n_clients: int) -> dict[str, float]:
+    """Per attack: the equivalence margin from retrain-vs-retrain ΔAUC over every client and null model."""
+    out = {}
+    for a in attacks:
+        d = [auc(*null_scores[(n, k, a)]) - auc(*scores[(ORACLE, k, a)]) for n in nulls for k in range(n_clients)
+             if (n, k, a) in null_scores and (ORACLE, k, a) in scores]
+        out[a] = equivalence_margin(np.asarray(d))
+    return out
 
 
 def _closer(value: float, re_auc: float | None, og_auc: float | None) -> str | None:
@@ -669,10 +706,14 @@ def comparison_summary(rows: list[dict], withdrawn: set[int], q: float) -> dict:
 
 
 def retrain_null_summary(cfg, null_scores: Scores, scores: Scores, parts, attacks: list[str],
-                         q: float, sigs: dict[str, ModelSignals], gamma: float, refs: References | None) -> dict:
-    """Retrain vs retrain with another seed: how often the comparisons flag clients when nothing differs."""
-    out: dict = {"model": "models/retrain_null.pt", "what": "the retrain oracle with another seed (initial weights, "
-                 "client sampling, data order); every flag below is a false alarm", "attacks": {}}
+                         q: float, sigs: dict[str, ModelSignals], gamma: float, refs: References | None,
+                         margins: dict[str, float]) -> dict:
+    """Retrain vs retrain with another seed: how often the comparisons flag clients when nothing differs (the
+    first null seed), and the equivalence margin every verdict uses (all null seeds)."""
+    nulls = sorted({n for n, _, _ in null_scores}, key=lambda n: (n != RETRAIN_NULL, n))
+    out: dict = {"model": "models/retrain_null.pt", "null_models": [f"models/{n}.pt" for n in nulls],
+                 "what": "the retrain oracle with another seed (initial weights, client sampling, data order); every "
+                 "flag below is a false alarm", "attacks": {}}
     w_mem, w_hold, _ = forget_sets(cfg, parts)
     band = null_band(len(w_mem), len(w_hold))
     ref_name = BOTH_REFERENCES if refs is not None else None
@@ -686,13 +727,15 @@ def retrain_null_summary(cfg, null_scores: Scores, scores: Scores, parts, attack
         d = np.array([auc(*null_scores[(RETRAIN_NULL, k, a)]) - auc(*scores[(ORACLE, k, a)]) for k in keys])
         flags = benjamini_hochberg(p, q)
         w_auc = auc(*ATTACKS.get(a).score(pooled))
-        verdict, _ = withdrawn_verdict(a, w_auc, band, auc(*ATTACKS.get(a).score(pooled_re)))
+        w_delta = w_auc - auc(*ATTACKS.get(a).score(pooled_re))
         out["attacks"][a] = {
             "clients": len(keys), "bh_flagged": int(flags.sum()), "bh_false_alarm_rate": float(flags.mean()),
             "flagged_clients": [k for k, f in zip(keys, flags) if f],
             "raw_p_below_0.05": int(np.sum(p < 0.05)), "mean_abs_delta_auc": float(np.mean(np.abs(d))),
             "max_abs_delta_auc": float(np.max(np.abs(d))),
-            "withdrawn_auc": w_auc, "withdrawn_verdict": verdict}
+            "withdrawn_auc": w_auc, "withdrawn_delta_auc_vs_retrain": w_delta,
+            "withdrawn_never_seen": never_seen_verdict(a, w_auc, band),
+            "equivalence_margin": _na(margins.get(a, math.nan))}
     return out
 
 

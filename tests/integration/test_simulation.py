@@ -49,7 +49,7 @@ def test_withdrawn_client_under_retrain_is_inside_null_band(quick_run: Path) -> 
     summary = json.loads((quick_run / "summary.json").read_text())
     leak = summary["models"]["retrain"]["leakage"]["loss"]
     lo, hi = summary["null_band"]
-    assert lo <= leak["auc"] <= hi and leak["verdict"] == "inside"
+    assert lo <= leak["auc"] <= hi and leak["never_seen"] == "inside" and leak["verdict"] == "exact"
 
 
 def test_no_reads_of_withdrawn_data_after_window(quick_run: Path) -> None:

@@ -147,6 +147,19 @@ def test_paired_delong() -> None:
         delong_paired_test(mem, non, mem[:-1], non)
 
 
+def test_equivalence_margin_and_verdict() -> None:
+    from fedunlearn.audit.metrics import equivalence_margin, equivalence_verdict
+
+    d = np.array([0.03, -0.04, 0.0, np.nan, 0.05])
+    assert equivalence_margin(d) == pytest.approx(1.96 * math.sqrt((0.03**2 + 0.04**2 + 0.05**2) / 4))
+    assert math.isnan(equivalence_margin(np.array([np.nan])))
+    assert equivalence_verdict(0.05, 0.06) == "equivalent"
+    assert equivalence_verdict(-0.06, 0.06) == "equivalent"
+    assert equivalence_verdict(0.07, 0.06) == "under-unlearned"
+    assert equivalence_verdict(-0.07, 0.06) == "over-unlearned"
+    assert equivalence_verdict(0.01, math.nan) == "no margin"
+
+
 def test_null_band_and_verdict() -> None:
     lo, hi = null_band(100, 100)
     se = math.sqrt(201 / (12 * 100 * 100))
