@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+#: torch intra-op threads per process (and so per Ray client actor, which takes one CPU): 1 by default, because
+#: torch's default of one thread per core ran in-process training ~40x slower when the cores were busy on a 2-core
+#: machine. ``FEDUNLEARN_TORCH_THREADS=N`` sets another count (e.g. one big in-process run on an idle machine).
+TORCH_THREADS = int(os.environ.get("FEDUNLEARN_TORCH_THREADS", "1"))
+if torch.get_num_threads() != TORCH_THREADS:
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @dataclass(frozen=True)
