@@ -182,3 +182,13 @@ def test_verdict_margin_comes_from_the_retrain_null(strong_run: Path) -> None:
         more = "over-unlearned" if a == "difference" else "under-unlearned"
         less = "under-unlearned" if a == "difference" else "over-unlearned"
         assert ft["verdict"] == ("equivalent" if abs(d) <= margin else more if d > 0 else less)
+
+
+def test_audit_reads_are_their_own_kind_in_the_ledger(strong_run: Path) -> None:
+    """Only the audit reads audit records, and the ledger says so: split ``audit``, purpose ``audit``."""
+    from fedunlearn.access import read_access_log
+
+    rows = read_access_log(strong_run / "data_access.csv")
+    audit_rows = [r for r in rows if r["split"] == "audit"]
+    assert len(audit_rows) == 4 and all(r["purpose"] == "audit" and r["phase"] == "audit" for r in audit_rows)
+    assert {r["split"] for r in rows if r["purpose"] != "audit"} <= {"member", "validation"}
