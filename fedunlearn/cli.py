@@ -53,7 +53,7 @@ def _print_client_table(run_dir: Path, summary: dict) -> None:
         rows = list(csv.DictReader(fh))
     attack = summary["attacks"][0]
     models = list(summary["models"])
-    table = Table(title=f"Per-client {attack}-attack AUC (members vs the client's held-out records)")
+    table = Table(title=f"Per-client {attack}-attack AUC (members vs the client's audit records)")
     table.add_column("client", justify="right")
     for m in models:
         table.add_column(m, justify="right")

@@ -74,7 +74,7 @@ def plot_client_auc(run_dir: Path, attack: str = "loss") -> Path:
     for w in summary["withdrawn_clients"]:
         ax.annotate("withdrawn", (w, 0.02), ha="center", fontsize=8, color="crimson")
     ax.set(xlabel="client", ylabel=f"{attack} attack AUC", ylim=(0, 1), xticks=clients,
-           title="Membership leakage per client (members vs that client's held-out records)")
+           title="Membership leakage per client (members vs that client's audit records)")
     ax.legend(fontsize=7, ncol=min(len(models), 5))
     out = run_dir / "plots" / f"client_auc_{attack}.png"
     _save(fig, out)
@@ -230,7 +230,7 @@ def plot_roc_grid(run_dir: Path, scores: dict, summary: dict, attack: str) -> Pa
                          color="crimson" if mark else "black")
             ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"ROC per client, {attack} attack (members vs that client's held-out records)")
+    fig.suptitle(f"ROC per client, {attack} attack (members vs that client's audit records)")
     out = run_dir / "plots" / f"roc_grid_{attack}.png"
     _save(fig, out)
     return out
