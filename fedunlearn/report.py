@@ -455,7 +455,8 @@ def write_report(run_dir: Path) -> Path:
     header, rows = summary_table(summary)
     lines = [f"# fedunlearn report: {summary['name']}", "",
              f"Withdrawn: {withdrawal_label(summary)}; seed {summary['seed']}; "
-             f"{summary['n_member']} member vs {summary['n_nonmember']} audit (held-out, never seen by any method) records; null band "
+             f"{summary['n_member']} member vs {summary['n_nonmember']} audit records (held-out, never read by any "
+             "method) audited; null band "
              f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}] (AUC expected of a model that never saw "
              "the withdrawn client).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
