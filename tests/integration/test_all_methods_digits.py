@@ -36,6 +36,9 @@ def test_every_method_on_digits(tmp_path):
     rows = read_access_log(d / "data_access.csv")
     late = [r for r in rows if r["client"] == "0" and r["window"] == "closed" and r["purpose"] != "audit"]
     assert late == []
+    # through Ray too, no training or method step reads an audit record
+    assert {r["split"] for r in rows if r["purpose"] != "audit"} <= {"member", "validation"}
+    assert {r["purpose"] for r in rows if r["split"] == "audit"} == {"audit"}
     # only methods that declare needs_forget_data read the withdrawn client after training
     readers = {r["phase"].split(".")[0] for r in rows if r["client"] == "0" and r["phase"] != "original"
                and r["purpose"] != "audit"}
