@@ -57,7 +57,8 @@ MIN_EQUIVALENT_SEEDS = 2
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "finetune": [{"rounds": r} for r in (1, 3, 6)],  # the baseline: how much fades by training alone (not tuned)
     "lightweight": [{"sigma": s, "max_rounds": r} for r in (1, 2, 3) for s in (0.05, 0.25, 0.5, 0.75, 1.0)],
-    "mia_loss": [{"rounds": r, "lambda_leak": lam, "lambda_kl": lam} for r in (1, 3) for lam in (1.0, 3.0, 10.0)],
+    "mia_loss": [{"lambda_leak": lam, "lambda_kl": lam, "forget_lr": lr, "repair_rounds": rep}
+                 for rep in (1, 2) for lr in (3e-4, 1e-3, 3e-3) for lam in (0.5, 1.0, 3.0)],
     "forsaken": [{"max_steps": n, "eta": eta} for n in (25, 100) for eta in (0.01, 0.05)],
     "unsir": [{"sample_impair_lr": lr, "sample_impair_epochs": e} for e in (2, 3) for lr in (0.1, 0.2, 0.3)],
     "pga": [{"post_rounds": r, "lr": lr} for r in (1, 3) for lr in (0.01, 0.05)],
