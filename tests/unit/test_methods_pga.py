@@ -1,4 +1,5 @@
-"""PGA: the reference model, the projection, the ascent inside the ball, the window and the ledger."""
+"""PGA: the reference model, the projection, the notebook's ascent (SGD momentum 0.9, squared-distance radius,
+distance stop) inside the ball, the window and the ledger."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.methods import build_method
-from fedunlearn.methods.pga import PGA, PGAParams, ball_radius, distance, project_to_ball, reference_model
-from fedunlearn.models import Weights, build_model, set_weights
-from fedunlearn.training import evaluate
+from fedunlearn.methods.mixed_round import with_extras
+from fedunlearn.methods.pga import (NOTEBOOK_STOP_SHARE, PGA, WU, PGAParams, ball_radius, distance, project_to_ball,
+                                    reference_model, sq_distance)
+from fedunlearn.models import Weights, build_model, get_weights, set_weights
+from fedunlearn.training import evaluate, seed_for
 
 from tests.conftest import TINY, make_tiny_federation
 
@@ -72,28 +75,144 @@ def test_reference_model_is_the_mean_of_the_others():
         reference_model(w_t, [models[0]], k=1)
 
 
-def test_ball_radius_is_a_third_of_the_mean_distance():
+def test_ball_radius_uses_the_notebooks_squared_distance():
+    """The notebook: threshold = mean ‖w_ref − w_0‖² / 3 over random inits, projection onto norm sqrt(threshold)."""
     ref, inits = _random(0), [_random(s) for s in (1, 2, 3)]
-    expected = np.mean([distance(ref, w) for w in inits]) / 3
+    keys = ("fc.weight", "fc.bias")
+    sq = [sum(float(np.sum((ref[k].astype(np.float64) - w[k]) ** 2)) for k in keys) for w in inits]
+    assert sq_distance(ref, inits[0]) == pytest.approx(sq[0])
+    expected = np.sqrt(np.mean(sq) / 3)
     assert ball_radius(ref, inits, 1 / 3) == pytest.approx(expected)
+    # not the old mean-distance / 3 (about √3 smaller for models at similar distances from every init)
+    assert abs(ball_radius(ref, inits, 1 / 3) - np.mean(np.sqrt(sq)) / 3) > 0.3 * expected
 
 
 def test_server_reference_uses_last_round_and_u_last_local(trained):
     tf, w_t = trained
     job = tf.job("pga", w_t)
     assert PGA._last_round_clients(job) == 4
-    w_ref, radius = PGA()._reference(job, PGAParams())
+    ref = PGA()._reference(job, PGAParams())
     w_u, r_u = tf.ctx.history.load_last_local(0)
     assert r_u == tf.cfg.train.rounds
     for k in w_t:
-        np.testing.assert_allclose(w_ref[k], (4 * w_t[k].astype(np.float64) - w_u[k]) / 3, atol=1e-5)
-    assert radius > 0
+        np.testing.assert_allclose(ref.weights[k], (4 * w_t[k].astype(np.float64) - w_u[k]) / 3, atol=1e-5)
+    assert all(np.array_equal(ref.withdrawn_locals[0][k], w_u[k]) for k in w_u)
+    # radius and stop in the notebook's squared distance, by hand over the same seeded inits
+    ds = experiment_data(tf.cfg)[0]
+    sq = []
+    for i in range(10):
+        w0 = get_weights(build_model(tf.cfg.model, ds.input_shape, ds.num_classes,
+                                     seed=seed_for(tf.cfg.seed, "pga", "init", i)))
+        sq.append(sum(float(np.sum((ref.weights[k].astype(np.float64) - w0[k]) ** 2)) for k in w0))
+    assert ref.radius == pytest.approx(np.sqrt(np.mean(sq) / 3), rel=1e-6)
+    assert ref.stop_distance == pytest.approx(2.2 / 456.24 * np.mean(sq), rel=1e-6)
+
+
+def _send_ascent(job, w_ref, w_u, **config):
+    """One ascent message; ``w_u`` None sends w_ref alone."""
+    weights = w_ref if w_u is None else with_extras(w_ref, WU, w_u)
+    base = {"radius": 1e3, "stop_distance": 0.0, "epochs": 1, "early_stop_acc": 0.0, "lr": 0.01, "momentum": 0.9,
+            "clip_norm": 5.0, "check_every": 1, "batch_size": 32}
+    reply = job.send([0], "pga_ascent", weights, "ascent", {**base, **config})[0]
+    assert reply.ok, reply.error
+    return reply
+
+
+def test_ascent_uses_sgd_momentum_as_the_notebook(trained):
+    """Two full-batch ascent steps equal SGD with momentum 0.9 worked by hand: w2 = w1 + lr·(0.9·g1 + g2)."""
+    tf, w_t = trained
+    job = tf.job("pga", w_t)
+    ref = PGA()._reference(job, PGAParams())
+    ds, parts = experiment_data(tf.cfg)
+    x = torch.as_tensor(ds.x_train[parts.members[0]], dtype=torch.float32)
+    y = torch.as_tensor(ds.y_train[parts.members[0]], dtype=torch.long)
+    model = set_weights(build_model(tf.cfg.model, ds.input_shape, ds.num_classes), ref.weights)
+
+    def grad() -> list[torch.Tensor]:  # gradient of the CE (the ascent direction)
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return [p.grad.detach().clone() for p in model.parameters()]
+
+    lr = 0.05
+    w0 = [p.detach().clone() for p in model.parameters()]
+    g1 = grad()
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), g1):
+            p.add_(lr * g)
+    w1 = [p.detach().clone() for p in model.parameters()]
+    g2 = grad()
+    momentum = [a + lr * (0.9 * b + c) for a, b, c in zip(w1, g1, g2)]
+    plain = [a + lr * c for a, c in zip(w1, g2)]
+    reply = _send_ascent(job, ref.weights, None, epochs=2, batch_size=10_000, lr=lr, clip_norm=1e9)
+    assert reply.metrics["steps"] == 2
+    got = [torch.as_tensor(reply.weights[k]) for k in get_weights(model) if k in dict(model.named_parameters())]
+    for g, m in zip(got, momentum):
+        torch.testing.assert_close(g, m, rtol=1e-4, atol=1e-6)
+    # the second step's displacement is larger than plain SGD's: the first step's velocity carries on
+    step2 = torch.sqrt(sum(((g - a) ** 2).sum() for g, a in zip(got, w1)))
+    step2_plain = torch.sqrt(sum(((b - a) ** 2).sum() for b, a in zip(plain, w1)))
+    step1 = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(w1, w0)))
+    assert step2 > 1.5 * step2_plain and step2 > 1.5 * step1
+    assert PGAParams().momentum == 0.9
+
+
+def test_distance_stop_ends_at_the_first_step_past_the_threshold(trained):
+    """The notebook's rule: after each (projected) step, stop once ‖w − w_u‖² exceeds the threshold; keep the step."""
+    tf, w_t = trained
+    job = tf.job("pga", w_t)
+    ref = PGA()._reference(job, PGAParams())
+    w_u = ref.withdrawn_locals[0]
+    full = {"batch_size": 10_000, "lr": 0.05}  # one full-batch step per epoch: epochs count steps
+    start = sq_distance(ref.weights, w_u)
+    free = _send_ascent(job, ref.weights, w_u, epochs=12, **full)
+    assert free.metrics["steps"] == 12 and free.metrics["early_stopped"] == 0
+    assert free.metrics["own_sq_distance_start"] == pytest.approx(start, rel=1e-6)
+    end = sq_distance(free.weights, w_u)
+    assert free.metrics["own_sq_distance"] == pytest.approx(end, rel=1e-5)
+    assert end > 2 * start
+    threshold = (start + end) / 2
+    stopped = _send_ascent(job, ref.weights, w_u, epochs=12, stop_distance=threshold, **full)
+    s = int(stopped.metrics["steps"])
+    assert stopped.metrics["early_stopped"] == 1 and stopped.metrics["stop_reason"] == 1 and 1 <= s < 12
+    assert sq_distance(stopped.weights, w_u) > threshold
+    before = _send_ascent(job, ref.weights, w_u, epochs=s - 1, **full) if s > 1 else None
+    if before is not None:
+        assert sq_distance(before.weights, w_u) <= threshold
+    same = _send_ascent(job, ref.weights, w_u, epochs=s, **full)
+    assert all(np.allclose(same.weights[k], stopped.weights[k], atol=1e-6) for k in same.weights)
+    # and the method sends its own w_u and threshold: the default stop is the notebook's ratio of the yardstick
+    assert PGAParams().stop_share == pytest.approx(NOTEBOOK_STOP_SHARE) == pytest.approx(2.2 / 456.24)
+
+
+def test_distance_stop_needs_u_last_local_model(trained):
+    tf, w_t = trained
+    job = tf.job("pga", w_t)
+    ref = PGA()._reference(job, PGAParams())
+    reply = job.send([0], "pga_ascent", ref.weights, "ascent", {"radius": 1.0, "stop_distance": 1.0})[0]
+    assert not reply.ok and "last local model" in reply.error
+
+
+def test_default_ascent_moves_much_further_than_without_momentum(trained):
+    """Issue 8: without momentum the ascent barely left w_ref. With the notebook's defaults it moves several times
+    further and raises u's loss several times more (tiny federation, 10 steps; measured: distance from w_ref
+    0.024 -> 0.106 of a radius 3.29, rise of u's member loss 0.006 -> 0.028)."""
+    tf, w_t = trained
+    new, old = PGA(), PGA(PGAParams(momentum=0.0, stop_share=0.0))
+    w_new, w_old = new.ascend(tf.job("pga", w_t)), old.ascend(tf.job("pga", w_t))
+    a, b = new.trace[0], old.trace[0]
+    assert a["steps"] == b["steps"] == 10
+    assert a["distance"] > 3 * b["distance"]
+    assert a["distance"] <= a["radius"] * (1 + 1e-6)
+    w_ref = PGA()._reference(tf.job("pga", w_t), PGAParams()).weights
+    start = _on_u(tf, w_ref)[0]
+    rise_new, rise_old = _on_u(tf, w_new)[0] - start, _on_u(tf, w_old)[0] - start
+    assert rise_new > 3 * rise_old > 0
 
 
 def test_ascent_stays_inside_the_ball_and_raises_u_loss(trained):
     tf, w_t = trained
     job = tf.job("pga", w_t)
-    w_ref, _ = PGA()._reference(job, PGAParams())
+    w_ref = PGA()._reference(job, PGAParams()).weights
     radius = 0.2  # small, and a large lr: the projection must bind
     reply = job.send([0], "pga_ascent", w_ref, "ascent",
                      {"radius": radius, "epochs": 3, "early_stop_acc": 0.0, "lr": 0.5, "clip_norm": 5.0,
@@ -107,6 +226,7 @@ def test_ascent_stays_inside_the_ball_and_raises_u_loss(trained):
                      {"radius": 50.0, "epochs": 5, "early_stop_acc": 0.5, "lr": 0.5, "clip_norm": 5.0,
                       "check_every": 1, "batch_size": 32})[0]
     assert reply.metrics["early_stopped"] == 1.0 and reply.metrics["accuracy"] < 0.5
+    assert reply.metrics.get("stop_reason", 2.0) == 2.0
 
 
 def test_pga_unlearns_within_the_window(trained):
@@ -146,3 +266,15 @@ def test_params_round_trip_through_toml(tmp_path):
     assert load_config(path).unlearn.params("pga") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("pga")
     assert (d.epochs, d.early_stop_acc, d.radius_share, d.random_inits) == (5, 0.1, 1 / 3, 10)
+    assert (d.lr, d.momentum, d.clip_norm, d.stop_share) == (0.01, 0.9, 5.0, 2.2 / 456.24)
+
+
+def test_post_local_epochs_sets_the_post_rounds_local_training(trained):
+    tf, w_t = trained
+    _, parts = experiment_data(tf.cfg)
+    remaining = sum(len(parts.members[k]) for k in (1, 2, 3))
+    for epochs, expected in ((0, tf.cfg.train.local_epochs), (1, 1)):
+        tf.ctx.costs.rows.clear()
+        build_method("pga", PGAParams(post_rounds=1, post_local_epochs=epochs)).unlearn(tf.job("pga", w_t))
+        post = next(r for r in tf.ctx.costs.rows if r.method == "pga" and r.phase == "post")
+        assert post.client_samples == expected * remaining
