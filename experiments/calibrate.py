@@ -61,7 +61,10 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
                  for rep in (1, 2) for lr in (3e-4, 1e-3, 3e-3) for lam in (0.5, 1.0, 3.0)],
     "forsaken": [{"max_steps": n, "eta": eta} for n in (25, 100) for eta in (0.01, 0.05)],
     "unsir": [{"sample_impair_lr": lr, "sample_impair_epochs": e} for e in (2, 3) for lr in (0.1, 0.2, 0.3)],
-    "pga": [{"post_rounds": r, "lr": lr} for r in (1, 3) for lr in (0.01, 0.05)],
+    "pga": [{"post_rounds": 1}, {"post_rounds": 1, "stop_share": 0.0096}, {"post_rounds": 1, "stop_share": 0.0},
+            {"post_rounds": 2, "post_local_epochs": 2, "stop_share": 0.0},
+            {"post_rounds": 2, "post_local_epochs": 2, "stop_share": 0.0, "lr": 0.02},
+            {"post_rounds": 3, "post_local_epochs": 3}, {"post_rounds": 3}],
 }
 
 
