@@ -20,7 +20,7 @@ rule is never loosened. The choice is then reported on settings not used for it 
 another withdrawn client, digits).
 
     python experiments/calibrate.py                       # every method in GRIDS, writes experiments/calibration.json
-    python experiments/calibrate.py --methods pga --seeds 0 1 2 --out /tmp/cal.json
+    python experiments/calibrate.py --methods pga          # re-calibrates pga, keeps the other methods' results
 """
 
 from __future__ import annotations
@@ -184,6 +184,10 @@ def main() -> None:
                           "retrain_test_accuracy": j.retrain["test_accuracy"], "margin": j.margin,
                           "retrain_client_samples": retrain_samples[s]} for s, j in judges.items()},
         "methods": {}}
+    if args.out.exists():  # methods calibrated earlier on the same setting are kept (run methods one at a time)
+        prev = json.loads(args.out.read_text())
+        if prev.get("setting") == json.loads(json.dumps(result["setting"])):
+            result["methods"] = {m: v for m, v in prev.get("methods", {}).items() if m not in args.methods}
     for method in args.methods:
         points = []
         for params in GRIDS[method]:
