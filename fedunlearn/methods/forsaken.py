@@ -5,36 +5,81 @@ Neuron Masking", IEEE Transactions on Dependable and Secure Computing 20(4):3194
 arXiv version, first about user-level memorization in federated learning, lists Yang Liu first and adds Zhongyuan
 Jiang and Philip Yu). A learned mask-gradient generator edits the neurons that hold the forgotten data until a
 membership oracle calls it unknown; defines the forgetting rate; > 90% forgetting rate with < 5% accuracy loss over
-eight datasets. No official code. Our reading (methods.md), a small learned optimizer:
+eight datasets. No official code. Our reading (methods.md, with its Corrections), a small learned optimizer:
 
-1. u, during its withdrawal window: forget set V = D_u, non-member set P = H_u. A coordinate-wise generator G (MLP
-   3 -> hidden -> hidden -> 1, shared by every coordinate) reads per-parameter features — the gradient on V, the
-   weight, its magnitude, each scaled by its tensor's RMS — and emits a mask m in (0, 1); the masked update is
-   g = m * grad / RMS(grad) (our choice of form: a mask over the gradient, so every edit is a descent direction and
-   G learns *where* to edit). The gradient is that of the forgetting loss KL(pbar_V || pbar_P) (pbar = mean softmax)
-   with respect to the weights, through both sides: an edit moves the outputs on P as well as on V.
-2. Edit w' = w - eta * g (eta = 0.01, parameters only: BatchNorm statistics are never edited). Loss for G:
-   KL(pbar_V(w') || pbar_P(w')) + lambda * omega * |g|_1 with lambda = 0.01 and |g|_1 taken as the mean absolute
-   value per coordinate (ours: a plain sum would make lambda depend on the model size). omega = the remaining
-   clients' mean CE on their members under the current model, a scalar they return each step (``forsaken_ce``,
-   a query round), used as a weight and not differentiated. G trains with Adam (lr 1e-4), one step per message.
-   The server keeps an edit only if it lowers the loss: KL(w') + lambda * omega(w') * |g|_1 < KL(w) (the edit-free
-   loss of the current model), with omega(w') queried on the candidate. Backtracking (ours): a rejected edit halves
-   the step tried next, a kept one doubles it back (at most eta); |g|_1 is scaled by step/eta so the penalty
-   measures the edit actually tried. Without it a rejected proposal comes back nearly unchanged (G moves by about
-   its learning rate per step) and the search stalls; it stops once the step falls below eta/1024.
-3. Stop when the forgetting rate on V reaches ``target_fr`` (0.9) or after ``max_steps`` (100). Forgetting rate
-   (leakage.md; Forsaken's FR): A0 oracle with the threshold fixed on w_T — tau = the (1 - alpha)-quantile of phi
-   on all of H_u under w_T (``audit.attacks.a0_threshold``, alpha = 0.1: ours; not cross-fitted, a single fixed
-   oracle is what the paper's definition needs); B_T, B_F = members judged member / non-member under w_T; after an
-   edit FR = (A_F - B_F) / B_T. Only the counts and tau leave u; FR is undefined (NaN, never 0) when B_T = 0.
-4. The server applies the accepted edits (it holds w; u returns g), then ``repair_rounds`` (1) of FedAvg.
+1. u, during its withdrawal window, once under w_T (``forsaken_init``): forget set V = D_u, non-member set P = u's
+   validation part V_u (never the audit part). From phi(x) = log p_y - log(1 - p_y) (logit-scaled confidence) on P
+   it fixes two numbers: the oracle threshold tau = the (1 - alpha)-quantile (``audit.attacks.a0_threshold``,
+   alpha = 0.1: ours; not cross-fitted, a single fixed oracle is what the paper's definition needs) and the
+   non-member target t = the ``target_quantile``-quantile (0.5, the median: ours). With B_T, B_F (members judged
+   member / non-member under w_T) they are all that leaves u; P is never read again.
+2. u, each step (``forsaken_step``; reads D_u only): the forgetting objective is per record,
+   F(w) = mean_{x in V} relu(phi_w(x) - t), a one-sided hinge pulling each forget record's confidence down to the
+   non-member level and leaving records already at or below it alone. t is a constant (a float fixed on w_T), so
+   no gradient reaches any validation record and an edit never targets the non-members directly. A coordinate-wise
+   generator G (MLP 3 -> hidden -> hidden -> 1, shared by every coordinate) reads per-parameter features — the
+   gradient of F, the weight, its magnitude, each scaled by its tensor's RMS — and emits a mask m in (0, 1); the
+   masked update is g = m * grad / RMS(grad) (our form: a mask over the gradient, so every edit is a descent
+   direction and G learns *where* to edit).
+3. Edit w' = w - eta * g (eta = 0.01, parameters only: BatchNorm statistics are never edited). Loss for G:
+   F(w') + lambda * omega * |g|_1 with lambda = 0.01 and |g|_1 the mean absolute value per coordinate (ours: a
+   plain sum would make lambda depend on the model size). omega = the remaining clients' mean CE on their members
+   under the current model, a scalar they return each step (``forsaken_ce``, a query round), used as a weight and
+   not differentiated. G trains with Adam (lr 1e-4), one step per message.
+   Acceptance: the server keeps an edit only if it lowers the loss, F(w') + lambda * omega(w') * |g|_1 < F(w), with
+   omega(w') queried on the candidate, **and** passes the utility guard omega(w') <= omega(w_T) + ``omega_tol``
+   (ours: the paper's penalty only prices the edit's size, so a cheap edit that hurts the remaining clients would
+   pass; the guard bounds the drift of their CE from w_T, not from the last kept edit, so it cannot creep).
+   Backtracking (ours): a rejected edit halves the step tried next, a kept one doubles it back (at most eta); |g|_1
+   is scaled by step/eta so the penalty measures the edit actually tried. Without it a rejected proposal comes back
+   nearly unchanged (G moves by about its learning rate per step) and the search stalls; it stops once the step
+   falls below eta/1024.
+4. Stop when the forgetting rate on V reaches ``target_fr`` (0.9), when F = 0 (every forget record at or below t),
+   or after ``max_steps`` (100). Forgetting rate (leakage.md; Forsaken's FR): after an edit FR = (A_F - B_F) / B_T
+   with tau fixed on w_T; undefined (NaN, never 0) when B_T = 0.
+5. The server applies the accepted edits (it holds w; u returns g), then ``repair_rounds`` (1) of FedAvg.
+
+Why not the set-mean KL. The first implementation used KL(pbar_V || pbar_P) of the mean softmax outputs (our
+earlier reading of the paper's loss). Measured on the quickstart it compares the *label mix* of the two sets
+(u's held-out records had no record of class 6; issue 8), not membership: two forget sets with the same per-record
+confidences but different labels get different losses, and its gradient ran through P, so the edits moved u's
+non-members (their accuracy fell from 0.91 to 0.53) while the audit AUC rose (0.693 -> 0.737). The per-record hinge
+is a function of the forget records' phi alone (``test_objective_is_per_record_and_ignores_the_label_mix``).
+
+Why the median as target. A forget record whose phi sits at the median of the non-members' phi is, for the A0
+attack, a coin flip (its Mann-Whitney contribution against them is 1/2). The mean is dragged down by misclassified
+non-members (quickstart, seed 0, under w_T: phi on V_u has quantiles 10% / 50% / 90% = -7.7 / 3.9 / 7.2 and mean
+1.6; u's members have median 5.0) and would over-unlearn; tau (``target_quantile = 1 - alpha``) only moves records
+to the oracle's edge, where they still rank above 90% of the non-members. The hinge never pushes a record below t:
+at F = 0 every forget record is at or below t (those already below stay where they were), which ranks them below
+about half of the non-members, i.e. over-unlearned; the ``target_fr`` stop and the utility guard end the edit well
+before that (quickstart: F 1.63 -> 0.42 when FR reaches 0.905).
+
+Measured (quickstart, seed 0, client 0 withdrawn, loss attack on the audit part; retrain: AUC 0.522, test 0.823,
+178,200 client-samples; original: AUC 0.665, test 0.832). Remaining clients' CE under w_T: omega = 0.048.
+- defaults (eta 0.01, target_quantile 0.5, omega_tol 0.05): 8 steps, 2 kept, 6 rejected by the guard, FR 0.905;
+  AUC 0.604, test 0.813, u's audit non-members' accuracy 0.80 -> 0.83 (the old objective: 0.91 -> 0.53), 18,914
+  client-samples (9.4x fewer than retrain; the per-step CE queries are 10,692 of them);
+- eta 0.003, omega_tol 0.1: 1 step, AUC 0.597, test 0.813, 8,750 client-samples (20x fewer);
+- eta 0.003, omega_tol 0.1, target_quantile 0.3: 4 steps, AUC 0.553 (+0.032 vs retrain, p = 0.09), test 0.815,
+  13,106 client-samples (13.6x fewer); other clients' AUC within 0.021 of retrain.
+On the validation side a looser guard forgets more and costs utility (omega_tol 0.2: validation AUC 0.50, test
+0.797 < 0.98x retrain's), which is why the guard exists; ``target_quantile`` (strength), ``omega_tol`` (utility),
+``eta`` (step size; the first kept edit does most of the work at 0.01) are the knobs to calibrate; ``target_fr``
+matters little once the guard binds (0.9 and 1.0 stop at the same FR when the guard rejects every further edit).
 
 Where G lives: G's weights and its Adam state travel with the model in every message to u (key prefixes
 ``__G__.`` and ``__Gopt__.``) and come back updated, so G persists and learns across steps while V and P never
-leave u; the server only stores G's few hundred numbers between steps. (A public re-implementation rebuilt its
-generator inside ``forward`` so it never learned; here G is built once by the server, seeded, and updated every
-step — the tests check that its parameters change and the KL falls.)
+leave u; the server only stores G's few hundred numbers between steps. A public third-party re-implementation
+(a ``forsaken(net, forget_loader, retain_loader, nonmem_loader)`` function; read, not copied) rebuilds its
+generator's layers inside ``forward`` so G never learns, feeds G the flattened weights and the mean output, uses the
+full L1 norm, compares each candidate with the best loss so far and returns after the first accepted edit (no
+forgetting-rate stop); here G is built once by the server, seeded, and updated every step — the tests check that
+its parameters change and F falls — and the FR stop of the paper is kept.
+
+Ledger ("samples" = records processed): init |D_u| + |V_u|; each edit step 2 |D_u| (F and its gradient at w, F at
+w' and G's backward through it; the first implementation also passed V_u three times per step); each query |D_k|
+per remaining client, which dominates the cost (every step queries the candidate).
 
 Outside the window u cannot take part: the method logs it and only the repair rounds run.
 """
@@ -55,8 +100,8 @@ from fedunlearn.audit.attacks import a0_threshold
 from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
-from fedunlearn.methods.mixed_round import (MethodRounds, leakage_metrics, model_phi, split_extras, weighted_mean,
-                                            with_extras)
+from fedunlearn.methods.mixed_round import (MethodRounds, leakage_metrics, model_phi, phi, split_extras,
+                                            weighted_mean, with_extras)
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.training import seed_for
 
@@ -75,7 +120,13 @@ class ForsakenParams(MethodParams):
     target_fr: float = Field(0.9, description="stop once the forgetting rate on D_u reaches this")
     max_steps: int = Field(100, ge=0, description="generator steps (each: one message to u, one query round)")
     alpha: float = Field(0.1, gt=0, lt=1, description="FPR of the A0 oracle's threshold, fixed on w_T from u's "
-                                                      "held-out phi (our choice)")
+                                                      "validation phi (our choice)")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="non-member target of the per-record hinge: this "
+                                                                "quantile of phi on u's validation part under w_T "
+                                                                "(0.5, the median: our choice; 1 - alpha = tau)")
+    omega_tol: float = Field(0.05, ge=0, description="utility guard: reject an edit whose remaining-client CE "
+                                                     "exceeds its value under w_T by more than this, in nats "
+                                                     "(our choice)")
     hidden: int = Field(16, ge=1, description="width of G's two hidden layers (our choice)")
     repair_rounds: int = Field(1, ge=0, description="FedAvg rounds over the remaining clients after the edit")
 
@@ -119,11 +170,20 @@ def _unpack_optimizer(opt: torch.optim.Optimizer, packed: Weights) -> None:
     opt.load_state_dict(sd)
 
 
-def mean_softmax_kl(z_v: torch.Tensor, z_p: torch.Tensor) -> torch.Tensor:
-    """KL(pbar_V || pbar_P) of the mean softmax outputs, differentiable through both sides (an edit moves both)."""
-    p = torch.softmax(z_v, dim=1).mean(0).clamp_min(EPS)
-    q = torch.softmax(z_p, dim=1).mean(0).clamp_min(EPS)
-    return (p * (p.log() - q.log())).sum()
+def membership_target(phi_nonmember: np.ndarray, quantile: float) -> float:
+    """The non-member level t: the ``quantile``-quantile of phi on u's validation part, a plain float (detached)."""
+    non = np.asarray(phi_nonmember, dtype=np.float64)
+    if non.ndim != 1 or non.shape[0] == 0:
+        raise ValueError("membership_target needs a non-empty 1-D array of validation phi")
+    return float(np.quantile(non, quantile))
+
+
+def forget_objective(z: torch.Tensor, y: torch.Tensor, target: float) -> torch.Tensor:
+    """F = mean over forget records of relu(phi(x) - t): per record, a function of each record's phi alone (the
+    label mix of the set does not enter), one-sided (a record at or below the non-member level t is left alone)."""
+    if isinstance(target, torch.Tensor):
+        raise TypeError("the non-member target must be a fixed float, not a tensor (no gradient may reach it)")
+    return torch.relu(phi(z, y) - float(target)).mean()
 
 
 class Forsaken(UnlearningMethod):
@@ -137,12 +197,26 @@ class Forsaken(UnlearningMethod):
              "server": "holds G's state between steps, applies accepted edits"}
     needs_forget_data = True
     Params = ForsakenParams
+    departures = (
+        "objective: per-record one-sided hinge mean relu(phi(x) - t) over D_u, not a KL of set-mean softmax outputs "
+        "(that measured the label mix and moved the non-members; fix of issue 8)",
+        "non-member target t: the target_quantile (0.5) quantile of phi on u's validation part under w_T, a fixed "
+        "float; no gradient reaches validation records, which are read only once, under w_T",
+        "utility guard in the acceptance rule: an edit is kept only if omega(w') <= omega(w_T) + omega_tol (0.05)",
+        "G is coordinate-wise (features: gradient, weight, |weight|, RMS-scaled) and emits a mask over the "
+        "normalized gradient, so each edit is a masked descent step",
+        "|g|_1 as the mean absolute value per coordinate (lambda independent of model size)",
+        "backtracking: a rejected edit halves the step, a kept one doubles it back (at most eta); stop at eta/1024",
+        "also stops when F = 0 (every forget record at or below t), besides the forgetting-rate and step limits",
+        "oracle threshold tau from all of u's validation part at FPR alpha (0.1), not cross-fitted",
+        "edits touch parameters only, never BatchNorm statistics; then repair_rounds of FedAvg (methods.md)",
+    )
 
     def __init__(self, params: MethodParams | None = None) -> None:
         super().__init__(params)
         self.trace: list[dict[str, float]] = []   # per step: u's metrics, omega, accepted (tests, debugging)
         self.generators: dict[int, tuple[Weights, Weights]] = {}  # u -> (G at start, G at end)
-        self.oracles: dict[int, dict[str, float]] = {}  # u -> its init report (tau, B_T, B_F, KL under w_T)
+        self.oracles: dict[int, dict[str, float]] = {}  # u -> init report (tau, target, B_T, B_F, F and omega at w_T)
 
     def unlearn(self, job: UnlearnJob) -> Weights:
         p: ForsakenParams = self.params  # type: ignore[assignment]
@@ -169,33 +243,40 @@ class Forsaken(UnlearningMethod):
         p: ForsakenParams = self.params  # type: ignore[assignment]
         gen_w = get_weights(build_generator(p.hidden, seed_for(job.cfg.seed, self.name, "G", u)))
         opt_w = Weights()
-        init = rounds.send("init", [u], "forsaken_init", w, {"alpha": p.alpha}, rounds=1, required=True)[0].metrics
-        self.oracles[u] = dict(init)
-        oracle = {"tau": init["tau"], "b_t": init["b_t"], "b_f": init["b_f"]}
+        init = rounds.send("init", [u], "forsaken_init", w, {"alpha": p.alpha, "target_quantile": p.target_quantile},
+                           rounds=1, required=True)[0].metrics
+        fixed = {"tau": init["tau"], "target": init["target"], "b_t": init["b_t"], "b_f": init["b_f"]}
         if init["b_t"] == 0:
             log.warning("forsaken: no record of client %d is judged member under w_T: FR undefined; running "
                         "max_steps=%d", u, p.max_steps)
         omega = self._omega(job, rounds, w, 0)
+        ceiling = omega + p.omega_tol  # the utility guard: fixed on w_T
+        self.oracles[u] = {**init, "omega": omega, "omega_ceiling": ceiling}
         fr = float("nan")
         eta = p.eta  # the step tried next: halved after a rejected edit, doubled back (up to p.eta) after a kept one
         start_g = Weights((k, v.copy()) for k, v in gen_w.items())
         for t in range(1, p.max_steps + 1):
             config = {"eta": p.eta, "eta_step": eta, "lambda_l1": p.lambda_l1, "g_lr": p.lr, "hidden": p.hidden,
-                      "omega": omega, **oracle}
+                      "omega": omega, **fixed}
             msg = with_extras(with_extras(w, GEN, gen_w), GOPT, opt_w)
             rep = rounds.send("edit", [u], "forsaken_step", msg, config, rnd=t, rounds=1, required=True)[0]
             if rep.weights is None:
                 raise RuntimeError("forsaken_step returned no edit")
+            m = rep.metrics
+            if m["obj_before"] <= 0.0:  # every forget record is at or below t: nothing left to edit
+                log.info("forsaken: every record of client %d is at the non-member level; stopping at step %d", u, t)
+                break
             rest, gen_w = split_extras(rep.weights, GEN)
             rest, opt_w = split_extras(rest, GOPT)
             _, g = split_extras(rest, EDIT)
             with rounds.phase("edit"):  # the server applies the proposed edit
                 cand = Weights((k, (v - eta * g[k]).astype(v.dtype) if k in g else v) for k, v in w.items())
             omega_c = self._omega(job, rounds, cand, t)
-            m = rep.metrics
-            loss_edit = m["kl_after"] + p.lambda_l1 * omega_c * m["l1"]
-            accepted = loss_edit < m["kl_before"]
+            loss_edit = m["obj_after"] + p.lambda_l1 * omega_c * m["l1"]
+            improves, within = loss_edit < m["obj_before"], omega_c <= ceiling
+            accepted = improves and within
             self.trace.append({"step": float(t), "u": float(u), "omega": omega_c, "loss_edit": loss_edit,
+                               "improves": float(improves), "within_guard": float(within),
                                "accepted": float(accepted), "eta_step": eta, **m})
             if accepted:
                 w, omega, fr = cand, omega_c, m["fr"]
@@ -203,10 +284,12 @@ class Forsaken(UnlearningMethod):
             else:
                 eta = eta / 2.0
                 if eta < p.eta * STALL:
-                    log.info("forsaken: no edit down to eta * %g lowers the loss; stopping at step %d", STALL, t)
+                    log.info("forsaken: no edit down to eta * %g lowers the loss within the guard; stopping at step "
+                             "%d", STALL, t)
                     break
-            log.debug("forsaken step %d: kl %.5f -> %.5f, |g| %.4f, omega %.4f, fr %.3f, %s", t, m["kl_before"],
-                      m["kl_after"], m["l1"], omega_c, m["fr"], "kept" if accepted else "rejected")
+            log.debug("forsaken step %d: F %.5f -> %.5f, |g| %.4f, omega %.4f (ceiling %.4f), fr %.3f, %s", t,
+                      m["obj_before"], m["obj_after"], m["l1"], omega_c, ceiling, m["fr"],
+                      "kept" if accepted else "rejected")
             if accepted and fr >= p.target_fr:
                 log.info("forsaken: forgetting rate %.3f >= %.3f after %d step(s)", fr, p.target_fr, t)
                 break
@@ -220,26 +303,23 @@ class Forsaken(UnlearningMethod):
 # --------------------------------------------------------------------------------------------- client side
 
 
-def _v_and_p(rt: ClientRuntime) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def init_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
+    """u, once under w_T: the A0 oracle (tau from the validation part at FPR alpha; B_T, B_F), the non-member
+    target t (a quantile of the validation phi) and the starting objective. The only step that reads V_u."""
     xv, yv = rt.read("member")
     xp, yp = rt.read("validation")
-    return xv, yv, xp, yp
-
-
-def init_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """u, once: the A0 oracle fixed on w_T (tau from H_u at FPR alpha; B_T, B_F counts) and the starting KL."""
-    xv, yv, xp, yp = _v_and_p(rt)
     model = rt.model(weights)
     phi_v, phi_p = model_phi(model, xv, yv, rt.device), model_phi(model, xp, yp, rt.device)
     tau = a0_threshold(phi_p, rt.setting("alpha", 0.1))
+    target = membership_target(phi_p, rt.setting("target_quantile", 0.5))
     b_t = int((phi_v > tau).sum())
     model.eval()
     with torch.no_grad():
-        kl = float(mean_softmax_kl(model(torch.as_tensor(xv, dtype=torch.float32).to(rt.device)),
-                                   model(torch.as_tensor(xp, dtype=torch.float32).to(rt.device))))
-    return StepOutput(None, {**leakage_metrics(phi_v, phi_p), "tau": tau, "b_t": float(b_t),
-                             "b_f": float(len(xv) - b_t), "kl": kl, "num-examples": float(len(xv)),
-                             "samples": float(len(xv) + len(xp))})
+        z = model(torch.as_tensor(xv, dtype=torch.float32).to(rt.device))
+        objective = float(forget_objective(z, torch.as_tensor(yv, dtype=torch.long).to(rt.device), target))
+    return StepOutput(None, {**leakage_metrics(phi_v, phi_p), "tau": tau, "target": target, "b_t": float(b_t),
+                             "b_f": float(len(xv) - b_t), "objective": objective,
+                             "num-examples": float(len(xv)), "samples": float(len(xv) + len(xp))})
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
@@ -247,18 +327,21 @@ def _rms(t: torch.Tensor) -> torch.Tensor:
 
 
 def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """u: propose a masked edit g with G, take one Adam step on G's loss, report KL, |g|_1 and the FR of the edit."""
+    """u: propose a masked edit g with G, take one Adam step on G's loss, report F, |g|_1 and the FR of the edit.
+
+    Reads D_u only: the non-member side enters as the fixed float t of the message."""
     if weights is None:
         raise ValueError("forsaken_step needs the global model and G")
     rest, gen_w = split_extras(weights, GEN)
     model_w, opt_w = split_extras(rest, GOPT)
     eta_nominal, lam, omega = rt.setting("eta", 0.01), rt.setting("lambda_l1", 0.01), rt.setting("omega", 0.0)
     eta = rt.setting("eta_step", eta_nominal)
-    tau, b_t, b_f = rt.setting("tau", 0.0), rt.setting("b_t", 0.0), rt.setting("b_f", 0.0)
+    tau, target = rt.setting("tau", 0.0), rt.setting("target", 0.0)
+    b_t, b_f = rt.setting("b_t", 0.0), rt.setting("b_f", 0.0)
     dev = rt.device
-    xv, yv, xp, yp = _v_and_p(rt)
+    xv, yv = rt.read("member")
     xv_t = torch.as_tensor(xv, dtype=torch.float32).to(dev)
-    xp_t = torch.as_tensor(xp, dtype=torch.float32).to(dev)
+    yv_t = torch.as_tensor(yv, dtype=torch.long).to(dev)
 
     model = rt.model(model_w).eval()
     gen = MaskGenerator(rt.setting("hidden", 16)).to(dev)
@@ -269,8 +352,8 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     names = [n for n, q in model.named_parameters() if q.dtype.is_floating_point]
     params = {n: q for n, q in model.named_parameters() if n in names}
     buffers = dict(model.named_buffers())
-    kl_before = mean_softmax_kl(model(xv_t), model(xp_t))
-    grads = torch.autograd.grad(kl_before, [params[n] for n in names])
+    obj_before = forget_objective(model(xv_t), yv_t, target)
+    grads = torch.autograd.grad(obj_before, [params[n] for n in names])
     grad_scale = _rms(torch.cat([g.flatten() for g in grads])) + EPS
     feats = []
     for n, gr in zip(names, grads):
@@ -285,10 +368,9 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     edits = {n: piece.reshape(params[n].shape) for n, piece in zip(names, pieces)}
     edited = {n: params[n].detach() - eta * edits[n] for n in names}
     z_v = functional_call(model, {**edited, **buffers}, (xv_t,))
-    z_p = functional_call(model, {**edited, **buffers}, (xp_t,))
-    kl_after = mean_softmax_kl(z_v, z_p)
+    obj_after = forget_objective(z_v, yv_t, target)
     l1 = g_flat.abs().mean() * (eta / eta_nominal)  # |g|_1 of the edit actually tried, in units of the nominal step
-    loss = kl_after + lam * omega * l1
+    loss = obj_after + lam * omega * l1
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -300,10 +382,11 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
                                                  for n, e in edits.items()))
     reply = with_extras(reply, GEN, get_weights(gen))
     reply = with_extras(reply, GOPT, _pack_optimizer(opt))
-    return StepOutput(reply, {"kl_before": float(kl_before.detach()), "kl_after": float(kl_after.detach()),
+    # samples: two passes over D_u (F and its gradient at w; F at the edited model and G's backward through it)
+    return StepOutput(reply, {"obj_before": float(obj_before.detach()), "obj_after": float(obj_after.detach()),
                               "l1": float(l1.detach()), "loss_g": float(loss.detach()), "fr": fr, "a_f": float(a_f),
                               "mask_mean": float(mask.detach().mean()),
-                              "num-examples": float(len(xv)), "samples": float(3 * (len(xv) + len(xp)))})
+                              "num-examples": float(len(xv)), "samples": float(2 * len(xv))})
 
 
 def ce_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:

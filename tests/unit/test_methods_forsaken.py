@@ -1,5 +1,7 @@
-"""forsaken: the generator G persists and learns, the KL falls, edits that worsen the loss are rejected, the
-forgetting rate uses the threshold fixed on w_T, the window and the ledger, determinism, forget accuracy, TOML."""
+"""forsaken: the per-record objective (label mix ignored, one-sided, fixed non-member target from the validation
+part, no gradient and no read of validation records while editing), the utility guard, G persists and learns, F
+falls, worse edits are rejected, the forgetting rate uses the threshold fixed on w_T, the window and the ledger,
+determinism, forget accuracy, TOML."""
 
 from __future__ import annotations
 
@@ -60,6 +62,12 @@ def _u_rows(tf) -> list[dict[str, str]]:
     return [r for r in rows if r["client"] == "0" and r["purpose"] != "audit"]
 
 
+def _set_mean_kl(z_v: torch.Tensor, z_p: torch.Tensor) -> float:
+    """The first implementation's objective, KL(pbar_V || pbar_P) of the mean softmax outputs (for comparison)."""
+    p, q = torch.softmax(z_v, 1).mean(0), torch.softmax(z_p, 1).mean(0)
+    return float((p * (p.log() - q.log())).sum())
+
+
 def test_generator_state_survives_the_round_trip():
     """G and its Adam moments travel in messages: three steps with a pack/unpack between each equal three in one go."""
     feats = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
@@ -88,10 +96,91 @@ def test_generator_state_survives_the_round_trip():
         assert np.allclose(v.detach().numpy(), packed_g[k], atol=1e-7), k
 
 
-def test_generator_learns_kl_falls_and_worse_edits_are_rejected(tmp_path, w_t):
+def test_objective_is_per_record_and_ignores_the_label_mix():
+    """Two forget sets with the same per-record confidences, one all of class 0, one of every class: the set-mean KL
+    of the first implementation tells them apart (it measures the label mix), the per-record hinge does not."""
+    from fedunlearn.methods.forsaken import forget_objective
+
+    margins = torch.tensor([4.0, 2.5, 1.0, -0.5, 3.0, 0.2], dtype=torch.float64)
+    y_one = torch.zeros(6, dtype=torch.long)
+    y_mix = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def at_label(y: torch.Tensor) -> torch.Tensor:  # logit `margin` at the label, 0 elsewhere: same phi per record
+        return torch.nn.functional.one_hot(y, 3).double() * margins[:, None]
+
+    z_one, z_mix = at_label(y_one), at_label(y_mix)
+    phi_rec = phi_from_logits(z_one.numpy(), y_one.numpy())
+    assert np.allclose(phi_rec, phi_from_logits(z_mix.numpy(), y_mix.numpy()))
+    # non-members with no record of class 0 (as u's held-out part had none of class 6 on the quickstart)
+    z_p = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.5], [0.0, 1.0, 0.0], [0.0, 0.0, 2.5]], dtype=torch.float64)
+    assert _set_mean_kl(z_one, z_p) > _set_mean_kl(z_mix, z_p) + 0.1  # the old objective sees the label mix
+
+    target = 1.0
+    f_one, f_mix = float(forget_objective(z_one, y_one, target)), float(forget_objective(z_mix, y_mix, target))
+    assert f_one == pytest.approx(f_mix, abs=1e-12)
+    assert f_one == pytest.approx(np.maximum(phi_rec - target, 0).mean(), abs=1e-12)  # mean over records of a hinge
+
+    # one-sided: records at or below the target get no gradient; the others are pulled down (gradient on phi > 0)
+    z = z_mix.clone().requires_grad_(True)
+    forget_objective(z, y_mix, target).backward()
+    below = phi_rec <= target
+    assert below.any() and (~below).any()
+    assert torch.all(z.grad[torch.as_tensor(below)] == 0)
+    assert torch.all(z.grad[torch.as_tensor(~below), :].gather(1, y_mix[~below][:, None]) > 0)
+    # the target must be a fixed number: a tensor (through which a gradient could flow) is refused
+    with pytest.raises(TypeError):
+        forget_objective(z_mix, y_mix, torch.tensor(1.0, requires_grad=True))
+
+
+def test_edit_steps_never_read_the_validation_part(tmp_path, w_t):
+    """V_u enters once, under w_T (tau and the target, two floats); no edit step reads a validation record, so no
+    gradient can reach one. The first implementation read V_u and back-propagated through it at every step."""
     tf = _fed(tmp_path)
     tf.ctx.window.open(0)
-    method = Forsaken(ForsakenParams(max_steps=8, repair_rounds=0))
+    method = Forsaken(ForsakenParams(max_steps=4, target_fr=2.0, repair_rounds=0))  # no FR stop: 4 edit steps
+    method.unlearn(tf.job("forsaken", w_t))
+    rows = _u_rows(tf)
+    edit = [r for r in rows if r["phase"] == "forsaken.edit"]
+    assert len(edit) == 4 and {r["split"] for r in edit} == {"member"}
+    val = [r for r in rows if r["split"] == "validation"]
+    assert len(val) == 1 and val[0]["phase"] == "forsaken.init"
+    # the target is the median of the validation phi under w_T
+    _, ph = _u_phi(tf, w_t)
+    assert method.oracles[0]["target"] == pytest.approx(float(np.median(ph)), rel=1e-9)
+
+
+def test_utility_guard_rejects_edits_that_raise_omega(tmp_path, w_t):
+    """With no tolerance, every edit that lowers the objective but raises the remaining clients' CE above its value
+    under w_T is rejected; with a loose one the same first edit is kept."""
+    loose = Forsaken(ForsakenParams(max_steps=1, lambda_l1=0.0, omega_tol=1e6, repair_rounds=0))
+    tf = _fed(tmp_path / "loose")
+    tf.ctx.window.open(0)
+    loose.unlearn(tf.job("forsaken", w_t))
+    first = loose.trace[0]
+    assert first["improves"] and first["accepted"]
+
+    strict = Forsaken(ForsakenParams(max_steps=6, lambda_l1=0.0, omega_tol=0.0, repair_rounds=0))
+    tf = _fed(tmp_path / "strict")
+    tf.ctx.window.open(0)
+    w = strict.unlearn(tf.job("forsaken", w_t))
+    ceiling = strict.oracles[0]["omega_ceiling"]
+    assert ceiling == pytest.approx(strict.oracles[0]["omega"])
+    trace = strict.trace
+    assert trace[0]["omega"] == pytest.approx(first["omega"]) and trace[0]["omega"] > ceiling
+    assert trace[0]["improves"] and not trace[0]["accepted"]  # the edit the loose guard kept
+    for t in trace:
+        assert bool(t["within_guard"]) == (t["omega"] <= ceiling)
+        assert bool(t["accepted"]) == (bool(t["improves"]) and bool(t["within_guard"]))
+    kept = [t for t in trace if t["accepted"]]
+    assert all(t["omega"] <= ceiling for t in kept)
+    if not kept:
+        assert all(np.array_equal(w[k], w_t[k]) for k in w_t)
+
+
+def test_generator_learns_objective_falls_and_worse_edits_are_rejected(tmp_path, w_t):
+    tf = _fed(tmp_path)
+    tf.ctx.window.open(0)
+    method = Forsaken(ForsakenParams(max_steps=8, target_fr=2.0, omega_tol=1e6, repair_rounds=0))  # no FR stop
     w = method.unlearn(tf.job("forsaken", w_t))
     trace = method.trace
     assert len(trace) == 8
@@ -99,14 +188,15 @@ def test_generator_learns_kl_falls_and_worse_edits_are_rejected(tmp_path, w_t):
     # G is one model updated step after step, not rebuilt: its parameters moved
     start, end = method.generators[0]
     assert any(not np.array_equal(start[k], end[k]) for k in start)
-    # the KL of the current model never rises and has fallen
-    kl = [t["kl_before"] for t in trace]
-    assert all(b <= a + 1e-12 for a, b in zip(kl, kl[1:]))
+    # the objective of the current model never rises and has fallen
+    obj = [t["obj_before"] for t in trace]
+    assert obj[0] == pytest.approx(method.oracles[0]["objective"], rel=1e-5)
+    assert all(b <= a + 1e-12 for a, b in zip(obj, obj[1:]))
     kept = [t for t in trace if t["accepted"]]
-    assert kept and kept[-1]["kl_after"] < method.oracles[0]["kl"]
-    # an edit is kept exactly when it lowers the loss; on this run some were rejected (and the step then halved)
+    assert kept and kept[-1]["obj_after"] < method.oracles[0]["objective"]
+    # an edit is kept exactly when it lowers the loss (the guard is loose here); some were rejected (step halved)
     for t in trace:
-        assert bool(t["accepted"]) == (t["loss_edit"] < t["kl_before"])
+        assert bool(t["accepted"]) == (t["loss_edit"] < t["obj_before"])
     rejected = [i for i, t in enumerate(trace) if not t["accepted"]]
     assert rejected
     for i in rejected:
@@ -115,10 +205,15 @@ def test_generator_learns_kl_falls_and_worse_edits_are_rejected(tmp_path, w_t):
     assert any(not np.array_equal(w[k], w_t[k]) for k in w_t)
     # BatchNorm-free model here; the edit touches parameters only (no integer or running-stat entries changed)
     assert set(w) == set(w_t)
+    # the forget records' confidence fell towards the non-member target
+    pm_before, _ = _u_phi(tf, w_t)
+    pm_after, _ = _u_phi(tf, w)
+    target = method.oracles[0]["target"]
+    assert np.maximum(pm_after - target, 0).mean() < np.maximum(pm_before - target, 0).mean()
 
 
 def test_all_edits_rejected_leaves_w_t(tmp_path, w_t):
-    """A penalty no KL gain can pay: every edit worsens the loss, none is applied."""
+    """A penalty no objective gain can pay: every edit worsens the loss, none is applied."""
     tf = _fed(tmp_path)
     tf.ctx.window.open(0)
     method = Forsaken(ForsakenParams(max_steps=3, lambda_l1=1e6, repair_rounds=0))
@@ -174,13 +269,17 @@ def test_deterministic_and_forget_accuracy_does_not_rise(tmp_path, w_t):
 def test_params_round_trip_through_toml(tmp_path):
     cfg = load_config(None, TINY + [METHODS, "unlearn.forsaken.eta=0.02", "unlearn.forsaken.lambda_l1=0.1",
                                     "unlearn.forsaken.target_fr=0.8", "unlearn.forsaken.max_steps=7",
-                                    "unlearn.forsaken.repair_rounds=2"])
+                                    "unlearn.forsaken.repair_rounds=2", "unlearn.forsaken.omega_tol=0.2",
+                                    "unlearn.forsaken.target_quantile=0.9"])
     p = cfg.unlearn.params("forsaken")
     assert isinstance(p, ForsakenParams)
     assert (p.eta, p.lambda_l1, p.target_fr, p.max_steps, p.repair_rounds) == (0.02, 0.1, 0.8, 7, 2)
+    assert (p.omega_tol, p.target_quantile) == (0.2, 0.9)
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path).unlearn.params("forsaken") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("forsaken")
     assert (d.eta, d.lambda_l1, d.lr, d.target_fr, d.max_steps, d.repair_rounds) == (0.01, 0.01, 1e-4, 0.9, 100, 1)
+    assert (d.target_quantile, d.omega_tol) == (0.5, 0.05)
     assert Forsaken.granularity == ("client",) and Forsaken.needs_forget_data
+    assert len(Forsaken.departures) >= 3 and any("utility guard" in line for line in Forsaken.departures)
