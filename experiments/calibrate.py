@@ -14,7 +14,7 @@ method may read; leakage.md), never on the audit part, which the calibration doe
 
 The rule (written in each method's docs): **the default is the cheapest grid point (mean client-samples over the dev
 seeds) that is equivalent to retrain on at least 2 of the 3 development seeds and whose mean test-accuracy ratio is
->= 0.98.** When no point qualifies, the method keeps the point with the smallest mean |ΔAUC| among those meeting the
+>= 0.98** (equal costs: the smaller mean |ΔAUC| first). When no point qualifies, the method keeps the point with the smallest mean |ΔAUC| among those meeting the
 utility bar (or the cheapest point when none does) and the JSON says ``"rule_met": false``: a miss is reported, the
 rule is never loosened. The choice is then reported on settings not used for it (``bench_unlearning.py``: seeds 3–4,
 another withdrawn client, digits).
@@ -144,7 +144,7 @@ def run_point(base: Path, cfg, method: str, params: dict[str, Any], out: Path) -
 
 def choose(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The written rule: cheapest point equivalent on >= 2 dev seeds with mean test-accuracy ratio >= 0.98."""
-    by_cost = sorted(points, key=lambda p: p["client_samples_mean"])
+    by_cost = sorted(points, key=lambda p: (round(p["client_samples_mean"]), p["abs_delta_mean"]))
     ok = [p for p in by_cost if p["equivalent_seeds"] >= MIN_EQUIVALENT_SEEDS and p["test_acc_ratio_mean"] >= UTILITY_BAR]
     if ok:
         return {"params": ok[0]["params"], "rule_met": True}
