@@ -29,6 +29,10 @@ LEAKY = ("train.rounds=3", "train.local_epochs=8", "model.hidden=[128]", "train.
 CPU = torch.device("cpu")
 
 
+#: the mechanism tests pin methods.md's step and the median target (the calibrated defaults are smaller and lower)
+MECHANISM = {"eta": 0.01, "target_quantile": 0.5}
+
+
 @pytest.fixture(scope="module")
 def w_t(tmp_path_factory):
     return make_tiny_federation(tmp_path_factory.mktemp("fs"), METHODS, *LEAKY).train_original()
@@ -137,7 +141,7 @@ def test_edit_steps_never_read_the_validation_part(tmp_path, w_t):
     gradient can reach one. The first implementation read V_u and back-propagated through it at every step."""
     tf = _fed(tmp_path)
     tf.ctx.window.open(0)
-    method = Forsaken(ForsakenParams(max_steps=4, target_fr=2.0, repair_rounds=0))  # no FR stop: 4 edit steps
+    method = Forsaken(ForsakenParams(max_steps=4, target_fr=2.0, repair_rounds=0, **MECHANISM))  # 4 edit steps
     method.unlearn(tf.job("forsaken", w_t))
     rows = _u_rows(tf)
     edit = [r for r in rows if r["phase"] == "forsaken.edit"]
@@ -152,14 +156,14 @@ def test_edit_steps_never_read_the_validation_part(tmp_path, w_t):
 def test_utility_guard_rejects_edits_that_raise_omega(tmp_path, w_t):
     """With no tolerance, every edit that lowers the objective but raises the remaining clients' CE above its value
     under w_T is rejected; with a loose one the same first edit is kept."""
-    loose = Forsaken(ForsakenParams(max_steps=1, lambda_l1=0.0, omega_tol=1e6, repair_rounds=0))
+    loose = Forsaken(ForsakenParams(max_steps=1, lambda_l1=0.0, omega_tol=1e6, repair_rounds=0, **MECHANISM))
     tf = _fed(tmp_path / "loose")
     tf.ctx.window.open(0)
     loose.unlearn(tf.job("forsaken", w_t))
     first = loose.trace[0]
     assert first["improves"] and first["accepted"]
 
-    strict = Forsaken(ForsakenParams(max_steps=6, lambda_l1=0.0, omega_tol=0.0, repair_rounds=0))
+    strict = Forsaken(ForsakenParams(max_steps=6, lambda_l1=0.0, omega_tol=0.0, repair_rounds=0, **MECHANISM))
     tf = _fed(tmp_path / "strict")
     tf.ctx.window.open(0)
     w = strict.unlearn(tf.job("forsaken", w_t))
@@ -180,7 +184,8 @@ def test_utility_guard_rejects_edits_that_raise_omega(tmp_path, w_t):
 def test_generator_learns_objective_falls_and_worse_edits_are_rejected(tmp_path, w_t):
     tf = _fed(tmp_path)
     tf.ctx.window.open(0)
-    method = Forsaken(ForsakenParams(max_steps=8, target_fr=2.0, omega_tol=1e6, repair_rounds=0))  # no FR stop
+    method = Forsaken(ForsakenParams(max_steps=8, target_fr=2.0, omega_tol=1e6, repair_rounds=0,  # no FR stop
+                                     **MECHANISM))
     w = method.unlearn(tf.job("forsaken", w_t))
     trace = method.trace
     assert len(trace) == 8
@@ -279,7 +284,7 @@ def test_params_round_trip_through_toml(tmp_path):
     path.write_text(to_toml(cfg))
     assert load_config(path).unlearn.params("forsaken") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("forsaken")
-    assert (d.eta, d.lambda_l1, d.lr, d.target_fr, d.max_steps, d.repair_rounds) == (0.01, 0.01, 1e-4, 0.9, 100, 1)
-    assert (d.target_quantile, d.omega_tol) == (0.5, 0.05)
+    assert (d.lambda_l1, d.lr, d.target_fr, d.max_steps, d.repair_rounds) == (0.01, 1e-4, 0.9, 100, 1)
+    assert (d.eta, d.target_quantile, d.omega_tol) == (0.001, 0.3, 0.1)  # calibrated (experiments/calibrate.py)
     assert Forsaken.granularity == ("client",) and Forsaken.needs_forget_data
     assert len(Forsaken.departures) >= 3 and any("utility guard" in line for line in Forsaken.departures)

@@ -254,5 +254,5 @@ def test_params_round_trip_through_toml(tmp_path):
     path.write_text(to_toml(cfg))
     assert load_config(path).unlearn.params("lightweight") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("lightweight")
-    assert (d.sigma, d.stop, d.max_rounds, d.variant, d.lambda_ce, d.loss_tol) == (0.05, "verify", 0, "perturb",
-                                                                                  1.0, 0.0)
+    assert (d.sigma, d.stop, d.max_rounds, d.variant, d.lambda_ce, d.loss_tol) == (0.5, "verify", 0, "perturb",
+                                                                                  1.0, 0.0)  # sigma calibrated

@@ -91,7 +91,7 @@ def test_server_reference_uses_last_round_and_u_last_local(trained):
     tf, w_t = trained
     job = tf.job("pga", w_t)
     assert PGA._last_round_clients(job) == 4
-    ref = PGA()._reference(job, PGAParams())
+    ref = PGA()._reference(job, PGAParams(stop_share=NOTEBOOK_STOP_SHARE))
     w_u, r_u = tf.ctx.history.load_last_local(0)
     assert r_u == tf.cfg.train.rounds
     for k in w_t:
@@ -180,8 +180,8 @@ def test_distance_stop_ends_at_the_first_step_past_the_threshold(trained):
         assert sq_distance(before.weights, w_u) <= threshold
     same = _send_ascent(job, ref.weights, w_u, epochs=s, **full)
     assert all(np.allclose(same.weights[k], stopped.weights[k], atol=1e-6) for k in same.weights)
-    # and the method sends its own w_u and threshold: the default stop is the notebook's ratio of the yardstick
-    assert PGAParams().stop_share == pytest.approx(NOTEBOOK_STOP_SHARE) == pytest.approx(2.2 / 456.24)
+    # the notebook's stop is the ratio of its yardstick; the calibrated default turns it off (module docstring)
+    assert NOTEBOOK_STOP_SHARE == pytest.approx(2.2 / 456.24) and PGAParams().stop_share == 0.0
 
 
 def test_distance_stop_needs_u_last_local_model(trained):
@@ -240,7 +240,7 @@ def test_pga_unlearns_within_the_window(trained):
     assert {r["phase"] for r in u_rows} == {"pga.ascent"}
     assert {r["purpose"] for r in rows if r["client"] != "0"} == {"train"}
     phases = {r.phase: r for r in tf.ctx.costs.rows if r.method == "pga"}
-    assert phases["ascent"].rounds == 1 and phases["post"].rounds == 1  # post_rounds: 10% of 6 rounds -> 1
+    assert phases["ascent"].rounds == 1 and phases["post"].rounds == 2  # post_rounds: the calibrated 2
 
 
 def test_pga_is_deterministic(trained):
@@ -266,7 +266,8 @@ def test_params_round_trip_through_toml(tmp_path):
     assert load_config(path).unlearn.params("pga") == p
     d = load_config(None, TINY + [METHODS]).unlearn.params("pga")
     assert (d.epochs, d.early_stop_acc, d.radius_share, d.random_inits) == (5, 0.1, 1 / 3, 10)
-    assert (d.lr, d.momentum, d.clip_norm, d.stop_share) == (0.01, 0.9, 5.0, 2.2 / 456.24)
+    assert (d.lr, d.momentum, d.clip_norm) == (0.01, 0.9, 5.0)  # the notebook's
+    assert (d.stop_share, d.post_rounds, d.post_local_epochs) == (0.0, 2, 2)  # calibrated
 
 
 def test_post_local_epochs_sets_the_post_rounds_local_training(trained):
