@@ -65,6 +65,13 @@ class Partitions:
         return np.sort(np.concatenate([self.members[pid], self.validation[pid], self.audit[pid]]))
 
 
+def _shuffle_split(indices: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(``round(share * n)`` shuffled indices, the rest), each sorted and at least one record (needs n >= 2)."""
+    k = min(max(int(round(share * len(indices))), 1), len(indices) - 1)
+    perm = rng.permutation(indices)
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
 def split_member_holdout(
     indices: np.ndarray, holdout: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +85,8 @@ def split_member_holdout(
         )
     if not 0 < holdout < 1:
         raise ConfigError(f"data.holdout: {holdout} not allowed; allowed: 0 < holdout < 1")
-    n_hold = min(max(int(round(holdout * n)), 1), n - 1)
-    perm = rng.permutation(indices)
-    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+    held, members = _shuffle_split(indices, holdout, rng)
+    return members, held
 
 
 def split_validation_audit(holdout: np.ndarray, validation: float, rng: np.random.Generator,
@@ -88,15 +94,12 @@ def split_validation_audit(holdout: np.ndarray, validation: float, rng: np.rando
     """Shuffle a client's held-out records and give ``round(validation * n)`` of them to the validation part, the
     rest to the audit part (at least one record each)."""
     holdout = np.asarray(holdout, dtype=np.int64)
-    n = len(holdout)
-    if n < 2:
+    if len(holdout) < 2:
         raise ConfigError(
-            f"data.holdout: client {pid} keeps {n} held-out record(s); it needs >= 2 (validation and audit parts); "
-            f"raise data.holdout or data.samples"
+            f"data.holdout: client {pid} keeps {len(holdout)} held-out record(s); it needs >= 2 (validation and "
+            f"audit parts); raise data.holdout or data.samples"
         )
-    n_val = min(max(int(round(validation * n)), 1), n - 1)
-    perm = rng.permutation(holdout)
-    return np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    return _shuffle_split(holdout, validation, rng)
 
 
 def make_partitions(dataset: Dataset, cfg: DataConfig, seed: int) -> Partitions:
