@@ -341,35 +341,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def to_toml(cfg: ExperimentConfig) -> str:
-    """Serialize the fully resolved config (every default spelled out) as TOML."""
-    return dumps_toml(cfg.model_dump(mode="json"))
+    """Serialize the fully resolved config (every default spelled out) as TOML (``tomli_w``: it escapes control
+    characters and newlines in strings; unset optional values are left out, TOML has no null)."""
+    import tomli_w
+
+    return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
 
 
-def dumps_toml(data: dict[str, Any]) -> str:
-    """A minimal TOML writer for nested tables of scalars and lists (all a config holds)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
-        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
-        if prefix and (scalars or not tables):
-            lines.append(f"\n[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{k} = {value(v)}")
-        for k, v in tables.items():
-            table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(lines).lstrip("\n") + "\n"
+def _drop_none(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _drop_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_drop_none(v) for v in data]
+    return data

@@ -152,11 +152,12 @@ class UNSIRParams(MethodParams):
     sample_noise_lr: float = Field(0.01, gt=0, description="client mode: Adam lr of the noise")
     sample_noise_copies: int = Field(1, ge=0, description="client mode: noise inputs paired with each retained "
                                                            "record (reference 1); 0 = ablation (retained only)")
-    sample_impair_lr: float | None = Field(0.3, gt=0, description="client mode: plain-SGD lr of the impair "
-                                                                   "(calibrated on the quickstart, 3x its train.lr); "
-                                                                   "None = train.lr / (1 - train.momentum)")
-    sample_repair_lr: float | None = Field(None, gt=0, description="client mode: plain-SGD lr of the repair; None = "
-                                                                    "train.lr / (1 - train.momentum) (our reading)")
+    sample_impair_lr: float = Field(0.3, ge=0, description="client mode: plain-SGD lr of the impair (calibrated on "
+                                                          "the quickstart, 3x its train.lr); 0 = the recipe's step "
+                                                          "train.lr / (1 - train.momentum)")
+    sample_repair_lr: float = Field(0.0, ge=0, description="client mode: plain-SGD lr of the repair; 0 = the "
+                                                           "recipe's step train.lr / (1 - train.momentum) (our "
+                                                           "reading)")
     sample_impair_epochs: int = Field(2, ge=1, description="client mode: impair epochs per round (UNSIR-1: 2)")
     sample_repair_epochs: int = Field(1, ge=1, description="client mode: repair epochs per round (UNSIR-1: 1)")
     per_class: int = Field(1000, ge=1, description="retained samples per class each client uses")
@@ -182,8 +183,7 @@ class UNSIRParams(MethodParams):
         if self.profile == "low_lr":
             return LOW_LR, LOW_LR
         step = train_lr / (1.0 - momentum)
-        return (self.sample_impair_lr if self.sample_impair_lr is not None else step,
-                self.sample_repair_lr if self.sample_repair_lr is not None else step)
+        return (self.sample_impair_lr or step, self.sample_repair_lr or step)
 
 
 # ----------------------------------------------------------------------------------------- pure numerics
@@ -472,7 +472,7 @@ class UNSIR(UnlearningMethod):
         "budgets in epochs over each client's data; impair_rounds / repair_rounds FedAvg rounds (our choice)",
         "noise_copies = 0 / sample_noise_copies = 0: the ablation, impair on retained data only (repair-only)",
         "low_lr profile (1e-4) from a public reimplementation, applied to both modes",
-        "client mode: sample_impair_lr default 0.3 by the calibration rule (an absolute value, 3x the quickstart's train.lr; set it to None for the recipe's step)",
+        "client mode: sample_impair_lr default 0.3 by the calibration rule (an absolute value, 3x the quickstart's train.lr; 0 = the recipe's step)",
     )
     client_steps = {NOISE_STEP: noise_step, IMPAIR_STEP: impair_step, REPAIR_STEP: repair_step}
 

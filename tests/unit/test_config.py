@@ -103,3 +103,16 @@ def test_cli_lists_methods_and_datasets() -> None:
 @pytest.mark.parametrize("name", ["quickstart", "mnist", "cifar10"])
 def test_shipped_experiments_validate(name: str) -> None:
     load_config(Path(__file__).parents[2] / "experiments" / f"{name}.toml")
+
+
+def test_resolved_config_round_trips_strings_with_newlines_and_control_characters() -> None:
+    """config.toml is written with tomli_w: strings the hand-written writer did not escape survive a round trip."""
+    import tomllib
+
+    from fedunlearn.config import ExperimentConfig, load_config, to_toml
+
+    cfg = load_config(None)
+    data = cfg.model_dump(mode="json")
+    data["name"] = 'line one\nline "two"\t\x01 end\\'
+    cfg = ExperimentConfig.model_validate(data)
+    assert ExperimentConfig.model_validate(tomllib.loads(to_toml(cfg))) == cfg

@@ -186,7 +186,7 @@ def test_params_round_trip_through_toml(tmp_path):
     assert (d.noise_samples, d.noise_steps, d.noise_copies, d.lrs) == (256, 40, 20, (0.02, 0.01))
     assert d.noise_volume == "ratio" and d.noise_ratio == pytest.approx(10240 / 8000)  # the notebook's mix
     assert d.sample_lrs(0.1) == (0.3, 0.1)  # the calibrated impair lr (experiments/calibrate.py), the recipe's repair
-    recipe = UNSIRParams(sample_impair_lr=None)
+    recipe = UNSIRParams(sample_impair_lr=0)
     assert recipe.sample_lrs(0.1) == (0.1, 0.1) and recipe.sample_lrs(0.01, 0.9) == pytest.approx((0.1, 0.1))
     cfg = load_config(None, TINY + [METHODS, "unlearn.unsir.noise_copies=0", "unlearn.unsir.sample_noise_copies=0",
                                     'unlearn.unsir.noise_volume="absolute"', "unlearn.unsir.sample_impair_lr=0.3"])
@@ -284,7 +284,7 @@ def test_noise_copies_zero_is_the_retained_only_ablation(trained):
     from fedunlearn.methods import unsir as mod
 
     tf, w_t = trained
-    p = UNSIRParams(sample_noise_copies=0, repair_rounds=1, sample_impair_lr=None)  # the recipe's lr, as `ref`
+    p = UNSIRParams(sample_noise_copies=0, repair_rounds=1, sample_impair_lr=0)  # the recipe's lr, as `ref`
     rows_before = len(read_access_log(tf.run_dir / "data_access.csv"))
     w = UNSIR(p).unlearn(tf.job("unsir", w_t))
     new_rows = read_access_log(tf.run_dir / "data_access.csv")[rows_before:]
@@ -309,7 +309,7 @@ def test_noise_copies_zero_is_the_retained_only_ablation(trained):
     ref = job.fedavg(ref, 1, "repair", step=REPAIR_STEP, fraction=1.0,
                      config={**common, "mode": "client", "epochs": p.sample_repair_epochs})
     assert all(np.array_equal(w[k], ref[k]) for k in w)
-    default = UNSIR(UNSIRParams(repair_rounds=1, sample_impair_lr=None)).unlearn(tf.job("unsir", w_t))
+    default = UNSIR(UNSIRParams(repair_rounds=1, sample_impair_lr=0)).unlearn(tf.job("unsir", w_t))
     assert not all(np.array_equal(w[k], default[k]) for k in w)  # the noise does change the result
 
 
