@@ -14,9 +14,9 @@ method may read; leakage.md), never on the audit part, which the calibration doe
 
 The rule (written in each method's docs): **the default is the cheapest grid point (mean client-samples over the dev
 seeds) that is equivalent to retrain on at least 2 of the 3 development seeds and whose mean test-accuracy ratio is
->= 0.98** (equal costs: the smaller mean |ΔAUC| first). When no point qualifies, the method keeps the point with the smallest mean |ΔAUC| among those meeting the
-utility bar (or the cheapest point when none does) and the JSON says ``"rule_met": false``: a miss is reported, the
-rule is never loosened. The choice is then reported on settings not used for it (``bench_unlearning.py``: seeds 3–4,
+>= 0.98** (equal costs: the smaller mean |ΔAUC| first). When no point qualifies, the method keeps the point with the
+smallest mean |ΔAUC| among those meeting the utility bar (or the cheapest point when none does) and the JSON says
+``"rule_met": false``: a miss is reported, the rule is never loosened. The choice is then reported on settings not used for it (``bench_unlearning.py``: seeds 3–4,
 another withdrawn client, digits).
 
     python experiments/calibrate.py                       # every method in GRIDS, writes experiments/calibration.json
@@ -109,7 +109,8 @@ class Judge:
         phi[self.idx] = phi_from_logits(logits(m, self.ds.x_train[self.idx], self.device), self.ds.y_train[self.idx])
         z_test = logits(m, self.ds.x_test[self.parts.test], self.device)
         test_acc = float((z_test.argmax(1) == self.ds.y_test[self.parts.test]).mean())
-        val_auc = [auc(phi[self.parts.members[k]], phi[self.parts.validation[k]]) for k in range(self.parts.num_clients)]
+        val_auc = [auc(phi[self.parts.members[k]], phi[self.parts.validation[k]])
+                   for k in range(self.parts.num_clients)]
         return {"val_auc": val_auc, "test_accuracy": test_acc}
 
 
@@ -145,7 +146,8 @@ def run_point(base: Path, cfg, method: str, params: dict[str, Any], out: Path) -
 def choose(points: list[dict[str, Any]]) -> dict[str, Any]:
     """The written rule: cheapest point equivalent on >= 2 dev seeds with mean test-accuracy ratio >= 0.98."""
     by_cost = sorted(points, key=lambda p: (round(p["client_samples_mean"]), p["abs_delta_mean"]))
-    ok = [p for p in by_cost if p["equivalent_seeds"] >= MIN_EQUIVALENT_SEEDS and p["test_acc_ratio_mean"] >= UTILITY_BAR]
+    ok = [p for p in by_cost
+          if p["equivalent_seeds"] >= MIN_EQUIVALENT_SEEDS and p["test_acc_ratio_mean"] >= UTILITY_BAR]
     if ok:
         return {"params": ok[0]["params"], "rule_met": True}
     useful = [p for p in by_cost if p["test_acc_ratio_mean"] >= UTILITY_BAR]

@@ -143,7 +143,8 @@ class Lightweight(UnlearningMethod):
         "BatchNorm running statistics are not perturbed; a tensor with zero spread gets no noise",
         "kl variant: D_ref = noise drawn by u with D_u's per-feature moments; mixed FedAvg rounds weighted by "
         "examples",
-        "sigma default 0.5 by the calibration rule's fallback (the rule was not met: no grid point was equivalent to retrain at >= 0.98x its test accuracy)",
+        "sigma default 0.5 by the calibration rule's fallback (the rule was not met: no grid point was equivalent to "
+        "retrain at >= 0.98x its test accuracy)",
     )
 
     def __init__(self, params: MethodParams | None = None) -> None:

@@ -472,7 +472,8 @@ class UNSIR(UnlearningMethod):
         "budgets in epochs over each client's data; impair_rounds / repair_rounds FedAvg rounds (our choice)",
         "noise_copies = 0 / sample_noise_copies = 0: the ablation, impair on retained data only (repair-only)",
         "low_lr profile (1e-4) from a public reimplementation, applied to both modes",
-        "client mode: sample_impair_lr default 0.3 by the calibration rule (an absolute value, 3x the quickstart's train.lr; 0 = the recipe's step)",
+        "client mode: sample_impair_lr default 0.3 by the calibration rule (an absolute value, 3x the quickstart's "
+        "train.lr; 0 = the recipe's step)",
     )
     client_steps = {NOISE_STEP: noise_step, IMPAIR_STEP: impair_step, REPAIR_STEP: repair_step}
 
