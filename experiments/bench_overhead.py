@@ -113,7 +113,8 @@ def bare(a: argparse.Namespace) -> dict:
         for r in range(1, a.rounds + 1):
             tr = time.perf_counter()
             chosen = sorted(rng.choice(pool, size=k, replace=False)) if k < len(pool) else pool
-            results = [local_train(state, int(p), 1_000_003 * cfg.seed + 1009 * r + int(p) + (7919 if phase == "retrain" else 0)) for p in chosen]
+            salt = 7919 if phase == "retrain" else 0
+            results = [local_train(state, int(p), 1_000_003 * cfg.seed + 1009 * r + int(p) + salt) for p in chosen]
             total = sum(n for _, n in results)
             state = {key: sum(s[key].double() * (n / total) for s, n in results).to(initial[key].dtype)
                      for key in initial}
@@ -121,7 +122,8 @@ def bare(a: argparse.Namespace) -> dict:
             round_s.append(time.perf_counter() - tr)
     t_fl = time.perf_counter() - t1
     return {"variant": "bare", "torch_threads": a.threads, "import_s": round(t_import, 2),
-            "data_s": round(t_data, 2), "fl_s": round(t_fl, 2), "s_per_round_median": round(statistics.median(round_s), 4),
+            "data_s": round(t_data, 2), "fl_s": round(t_fl, 2),
+            "s_per_round_median": round(statistics.median(round_s), 4),
             "rounds": len(round_s), "test_accuracy_last": round(accuracy, 4),
             "process_s": round(_process_age(), 2)}
 

@@ -16,8 +16,8 @@ The rule (written in each method's docs): **the default is the cheapest grid poi
 seeds) that is equivalent to retrain on at least 2 of the 3 development seeds and whose mean test-accuracy ratio is
 >= 0.98** (equal costs: the smaller mean |ΔAUC| first). When no point qualifies, the method keeps the point with the
 smallest mean |ΔAUC| among those meeting the utility bar (or the cheapest point when none does) and the JSON says
-``"rule_met": false``: a miss is reported, the rule is never loosened. The choice is then reported on settings not used for it (``bench_unlearning.py``: seeds 3–4,
-another withdrawn client, digits).
+``"rule_met": false``: a miss is reported, the rule is never loosened. The choice is then reported on settings not
+used for it (``bench_unlearning.py``: seeds 3–4, another withdrawn client, digits).
 
     python experiments/calibrate.py                       # every method in GRIDS, writes experiments/calibration.json
     python experiments/calibrate.py --methods pga          # re-calibrates pga, keeps the other methods' results

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from fedunlearn.runner import RunResult
 
 
-def run(config: Any, out: Any = None, resume: Any = None) -> "RunResult":
+def run(config: Any, out: Any = None, resume: Any = None) -> RunResult:
     """Run one experiment from an ``ExperimentConfig`` or the path of a TOML file."""
     from fedunlearn.config import ExperimentConfig, load_config
     from fedunlearn.runner import run as _run

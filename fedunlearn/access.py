@@ -30,7 +30,7 @@ class DataRead:
         return f"{self.client}:{self.split}:{self.records}:{self.selection}:{self.purpose}"
 
     @classmethod
-    def decode(cls, s: str) -> "DataRead":
+    def decode(cls, s: str) -> DataRead:
         c, split, n, selection, purpose = s.split(":", 4)
         return cls(int(c), split, int(n), purpose, selection)
 

@@ -83,7 +83,8 @@ def run(
     from fedunlearn.config import load_config
     from fedunlearn.runner import run as run_experiment
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     overrides = list(set_)
     overrides += [f'data.data_dir="{data_dir}"'] if data_dir else []

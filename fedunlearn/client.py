@@ -21,8 +21,8 @@ from torch import nn
 
 from fedunlearn.access import DataRead
 from fedunlearn.config import ExperimentConfig, config_from_dict
-from fedunlearn.errors import PrivacyViolation
 from fedunlearn.data import Dataset, Partitions, load_dataset, make_partitions
+from fedunlearn.errors import PrivacyViolation
 from fedunlearn.federation import ClientReply
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
 from fedunlearn.registry import Registry

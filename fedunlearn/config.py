@@ -6,10 +6,10 @@ is written to the run directory as ``config.toml`` and is the only thing the cli
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedunlearn.errors import ConfigError
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from fedunlearn.registry import Registry
 
 
-def _known(registry: "Registry[Any]", name: str) -> str:
+def _known(registry: Registry[Any], name: str) -> str:
     """Validate a name against a registry (imported lazily: registries import this module's types)."""
     if name not in registry:
         raise ValueError(f"unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
@@ -72,7 +72,7 @@ class DataConfig(Strict):
         return _known(PARTITIONERS, v)
 
     @model_validator(mode="after")
-    def _synthetic_sizes(self) -> "DataConfig":
+    def _synthetic_sizes(self) -> DataConfig:
         if self.dataset == "synthetic" and self.informative > self.features:
             raise ValueError(f"informative ({self.informative}) must be <= features ({self.features})")
         if self.dataset == "npz" and not self.path:
@@ -100,7 +100,8 @@ class TrainConfig(Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1)
-    max_failure_share: float = Field(0.0, ge=0, lt=1, description="a round fails only past this share of failed clients")
+    max_failure_share: float = Field(0.0, ge=0, lt=1,
+                                     description="a round fails only past this share of failed clients")
 
 
 class WithdrawConfig(Strict):
@@ -133,7 +134,7 @@ class UnlearnConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _method_tables(self) -> "UnlearnConfig":
+    def _method_tables(self) -> UnlearnConfig:
         from fedunlearn.methods import METHODS
 
         for key, value in (self.model_extra or {}).items():
@@ -234,7 +235,7 @@ class ExperimentConfig(Strict):
         return self.seed if self.data.seed is None else self.data.seed
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "ExperimentConfig":
+    def _cross_checks(self) -> ExperimentConfig:
         self._check_class_withdrawal()
         k = self.data.clients
         bad = [c for c in self.withdraw.clients if not 0 <= c < k]

@@ -23,7 +23,7 @@ class Cost:
     server_storage_bytes: int = 0
     failed_clients: int = 0
 
-    def add(self, other: "Cost") -> None:
+    def add(self, other: Cost) -> None:
         for f in fields(self):
             if f.name not in ("method", "phase"):
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
@@ -77,7 +77,7 @@ class CostLedger:
         atomic_write_text(path, self.to_csv())
 
     @classmethod
-    def load(cls, path: Path) -> "CostLedger":
+    def load(cls, path: Path) -> CostLedger:
         led = cls()
         if path.exists():
             with path.open() as fh:

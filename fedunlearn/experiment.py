@@ -53,7 +53,7 @@ class PhaseState:
     failed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> "PhaseState":
+    def load(cls, path: Path) -> PhaseState:
         if not path.exists():
             return cls(path)
         d = json.loads(path.read_text())

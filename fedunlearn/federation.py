@@ -65,7 +65,7 @@ class RoundsLog:
         atomic_write_text(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "RoundsLog":
+    def load(cls, path: Path) -> RoundsLog:
         if not path.exists():
             return cls()
         with path.open() as fh:
@@ -76,7 +76,7 @@ class RoundsLog:
 class ServerContext:
     """Everything the server side of one experiment shares across phases."""
 
-    cfg: "ExperimentConfig"
+    cfg: ExperimentConfig
     cfg_toml: str
     run_dir: Path
     window: WithdrawalWindow
@@ -142,5 +142,5 @@ class Federation(ABC):
         """Deliver one message per client and collect the replies (no accounting)."""
 
     @abstractmethod
-    def fedavg(self, engine: "FedAvgRounds", weights: Weights, rounds: int) -> Weights:
+    def fedavg(self, engine: FedAvgRounds, weights: Weights, rounds: int) -> Weights:
         """Run ``rounds`` FedAvg rounds driven by ``engine`` from ``weights``; return the final global weights."""

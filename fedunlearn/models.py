@@ -27,7 +27,7 @@ MODELS: Registry[ModelFactory] = Registry("model")
 
 
 @MODELS.register("mlp")
-def mlp(cfg: "ModelConfig", input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Fully connected ReLU network on the flattened input (the usual model of tabular MIA benchmarks)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(input_shape)
@@ -39,7 +39,7 @@ def mlp(cfg: "ModelConfig", input_shape: tuple[int, ...], num_classes: int) -> n
 
 
 @MODELS.register("cnn")
-def cnn(cfg: "ModelConfig", input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Two conv blocks and a dense head (the FedAvg paper's MNIST CNN, narrower)."""
     c, h, w = _image_shape(input_shape)
     feat = 64 * (h // 4) * (w // 4)
@@ -82,7 +82,7 @@ class SmallResNet(nn.Module):
 
 
 @MODELS.register("resnet")
-def resnet(cfg: "ModelConfig", input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def resnet(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     c, _, _ = _image_shape(input_shape)
     return SmallResNet(c, num_classes)
 
@@ -95,7 +95,7 @@ def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     return input_shape  # type: ignore[return-value]
 
 
-def build_model(cfg: "ModelConfig", input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> nn.Module:
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> nn.Module:
     """Build the configured model; with ``seed`` its initial weights are a pure function of the seed."""
     factory = MODELS.get(cfg.name, "model.name")
     if seed is None:
@@ -138,13 +138,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def save_weights(path: "str | os.PathLike[str]", weights: Weights) -> None:
+def save_weights(path: str | os.PathLike[str], weights: Weights) -> None:
     """Save as a PyTorch state dict (``models/*.pt`` of the results contract), atomically."""
     from fedunlearn.io import atomic_torch_save
 
     atomic_torch_save(path, OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in weights.items()))
 
 
-def load_weights(path: "str | os.PathLike[str]") -> Weights:
+def load_weights(path: str | os.PathLike[str]) -> Weights:
     state = torch.load(path, map_location="cpu", weights_only=True)
     return OrderedDict((k, v.numpy()) for k, v in state.items())

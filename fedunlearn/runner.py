@@ -83,7 +83,8 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     ds, parts = experiment_data(cfg)  # raises DataError/ConfigError before any directory exists
     bad = [c for c in cfg.withdraw.classes if c >= ds.num_classes]
     if bad:
-        raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1} ({cfg.data.dataset})")
+        raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1} "
+                          f"({cfg.data.dataset})")
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--out: {run_dir} exists and is not empty; use --resume {run_dir} to continue it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flwr.app import Message, MessageType, RecordDict, ConfigRecord
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedunlearn.errors import FedUnlearnError

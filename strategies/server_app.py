@@ -13,10 +13,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedunlearn import simulation
-from fedunlearn.runner import build_server_context, finish_run, prepare_run
-from fedunlearn.experiment import Phases
 from fedunlearn.config import load_config
 from fedunlearn.errors import ConfigError
+from fedunlearn.experiment import Phases
+from fedunlearn.runner import build_server_context, finish_run, prepare_run
 from strategies.federation import FlowerFederation, map_partitions, wait_for_nodes
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from fedunlearn.audit.metrics import (
     auc,
     auc_ci,
     band_verdict,
-    equivalence_margin,
-    equivalence_verdict,
     benjamini_hochberg,
     delong_paired_test,
+    equivalence_margin,
+    equivalence_verdict,
     null_band,
     tpr_at_fpr,
 )

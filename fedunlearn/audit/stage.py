@@ -38,9 +38,9 @@ from fedunlearn.audit.metrics import (
     auc_ci,
     band_verdict,
     benjamini_hochberg,
+    delong_paired_test,
     equivalence_margin,
     equivalence_verdict,
-    delong_paired_test,
     null_band,
     tpr_at_fpr,
 )
@@ -155,7 +155,7 @@ class Population:
     def __len__(self) -> int:
         return int(len(self.pool) + len(self.test))
 
-    def without(self, pool_idx: np.ndarray) -> "Population":
+    def without(self, pool_idx: np.ndarray) -> Population:
         """Z minus the given pool records (a client's own audit records are never its population)."""
         return Population(self.pool[~np.isin(self.pool, pool_idx)], self.test)
 

@@ -1,4 +1,4 @@
-"""Data: datasets by name, partitioning into clients, member / validation / audit splits (all seeded, all pure numpy)."""
+"""Data: datasets by name, partitioning into clients, member / validation / audit splits (seeded, pure numpy)."""
 
 from fedunlearn.data.datasets import DATASETS, Dataset, describe_datasets, load_dataset
 from fedunlearn.data.partition import PARTITIONERS, partition_indices

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.methods.federaser import FedEraser
 from fedunlearn.methods.finetune import Finetune
 from fedunlearn.methods.forsaken import Forsaken

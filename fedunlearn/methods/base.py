@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from fedunlearn.client import CLIENT_STEPS, StepFn
+from fedunlearn.federation import Scalar
 from fedunlearn.models import Weights
 from fedunlearn.rounds import FedAvgRounds
-from fedunlearn.federation import Scalar
 
 if TYPE_CHECKING:
     from fedunlearn.federation import ClientReply, Federation
@@ -47,7 +47,7 @@ class UnlearnJob:
         while their window is open).
     """
 
-    fed: "Federation"
+    fed: Federation
     method: str
     start: Weights
     initial: Weights
@@ -82,7 +82,7 @@ class UnlearnJob:
             ctx.costs.stop()
 
     def send(self, pids: Sequence[int], step: str, weights: Weights | None, name: str,
-             config: dict[str, Scalar] | None = None, rounds: int = 1) -> list["ClientReply"]:
+             config: dict[str, Scalar] | None = None, rounds: int = 1) -> list[ClientReply]:
         """One message per client in ``pids`` running ``step``; counts ``rounds`` FL rounds in the ledger."""
         ctx = self.fed.ctx
         ctx.phase = self.phase(name)
@@ -101,7 +101,7 @@ class _ServerWork:
     def __init__(self, job: UnlearnJob, name: str) -> None:
         self.job, self.name = job, name
 
-    def __enter__(self) -> "_ServerWork":
+    def __enter__(self) -> _ServerWork:
         self.job.fed.ctx.costs.start(self.job.method, self.name)
         return self
 

@@ -35,7 +35,7 @@ from pydantic import Field
 from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
 from fedunlearn.errors import FedUnlearnError, PhaseFailed
 from fedunlearn.federation import ClientReply
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights, is_float_param
 from fedunlearn.rounds import subtract, weighted_average
 

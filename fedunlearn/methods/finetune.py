@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod, default_rounds
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
 from fedunlearn.models import Weights
 
 

@@ -108,9 +108,16 @@ from torch.func import functional_call
 from fedunlearn.audit.attacks import a0_threshold
 from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, StepOutput
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
-from fedunlearn.methods.mixed_round import (MethodRounds, leakage_metrics, model_phi, phi, split_extras,
-                                            weighted_mean, with_extras)
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
+from fedunlearn.methods.mixed_round import (
+    MethodRounds,
+    leakage_metrics,
+    model_phi,
+    phi,
+    split_extras,
+    weighted_mean,
+    with_extras,
+)
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.training import seed_for
 

@@ -79,7 +79,7 @@ from pydantic import Field
 from torch import nn
 
 from fedunlearn.client import ClientRuntime, StepOutput
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod, default_rounds
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
 from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi
 from fedunlearn.models import Weights, get_weights, is_float_param
 from fedunlearn.training import batches, evaluate, seed_for, sgd, train_epochs

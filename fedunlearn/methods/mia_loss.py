@@ -79,9 +79,8 @@ from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
 from fedunlearn.errors import PhaseFailed
 from fedunlearn.federation import ClientReply
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
-from fedunlearn.methods.mixed_round import (MethodRounds, leakage_metrics, model_phi, phi, split_extras,
-                                            with_extras)
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
+from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi, phi, split_extras, with_extras
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.rounds import weighted_average
 from fedunlearn.training import batches, logits

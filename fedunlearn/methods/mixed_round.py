@@ -51,7 +51,7 @@ class MethodRounds:
     job: the withdrawal being unlearned.
     """
 
-    def __init__(self, job: "UnlearnJob") -> None:
+    def __init__(self, job: UnlearnJob) -> None:
         self.job = job
         self.ctx = job.fed.ctx
         self._rows: dict[str, Cost] = {}

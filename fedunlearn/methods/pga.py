@@ -77,7 +77,7 @@ from torch import nn
 
 from fedunlearn.client import ClientRuntime, StepOutput
 from fedunlearn.errors import FedUnlearnError, PhaseFailed
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod, default_rounds
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
 from fedunlearn.methods.mixed_round import split_extras, with_extras
 from fedunlearn.models import Weights, build_model, get_weights, is_float_param
 from fedunlearn.rounds import sample_clients

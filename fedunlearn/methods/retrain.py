@@ -6,7 +6,7 @@ original training). Never shortened to make other methods look fast.
 
 from __future__ import annotations
 
-from fedunlearn.methods.base import UnlearnJob, UnlearningMethod
+from fedunlearn.methods.base import UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights
 
 

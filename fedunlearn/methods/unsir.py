@@ -123,7 +123,7 @@ from torch import nn
 
 from fedunlearn.client import ClientRuntime, StepOutput
 from fedunlearn.errors import ConfigError, PhaseFailed
-from fedunlearn.methods.base import MethodParams, UnlearnJob, UnlearningMethod
+from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
 from fedunlearn.training import TrainResult, batches, seed_for, train_epochs
 

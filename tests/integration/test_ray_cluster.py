@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.config import load_config, to_toml
-
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,6 @@ import pytest
 
 from fedunlearn.config import load_config, to_toml
 from fedunlearn.runner import run
-
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

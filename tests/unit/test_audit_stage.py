@@ -13,14 +13,11 @@ import pytest
 
 from fedunlearn.access import read_access_log
 from fedunlearn.audit.metrics import benjamini_hochberg
-from fedunlearn.audit.stage import PER_CLIENT_COLUMNS, ModelSignals, run_audit, withdrawn_forgetting
 from fedunlearn.audit.signals import RecordSignals
-from fedunlearn.config import load_config, to_toml
-from fedunlearn.errors import ConfigError
+from fedunlearn.audit.stage import PER_CLIENT_COLUMNS, ModelSignals, withdrawn_forgetting
 from fedunlearn.experiment import reference_halves
 from fedunlearn.runner import run
-
-from tests.conftest import TINY, tiny_config
+from tests.conftest import tiny_config
 
 ATTACKS = ["loss", "rmia", "difference"]
 CONTRACT = ["model", "client", "withdrawn", "attack", "n_member", "n_nonmember", "auc", "auc_lo", "auc_hi",

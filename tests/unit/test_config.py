@@ -3,16 +3,15 @@ into exit code 2 and leaves no run directory behind."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from fedunlearn.cli import app
 from fedunlearn.config import ExperimentConfig, load_config, to_toml
 from fedunlearn.errors import ConfigError
-
 from tests.conftest import TINY
 
 

@@ -10,7 +10,6 @@ from fedunlearn.client import client_device
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import resolve_device
 from fedunlearn.simulation import RayMemorySampler, backend_config
-
 from tests.conftest import tiny_config
 
 

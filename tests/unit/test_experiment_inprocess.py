@@ -7,7 +7,6 @@ import json
 
 from fedunlearn.access import read_access_log
 from fedunlearn.runner import run
-
 from tests.conftest import tiny_config
 
 

@@ -11,7 +11,6 @@ from fedunlearn.access import read_access_log
 from fedunlearn.rounds import FedAvgRounds
 from strategies.records import from_arrays, parse_reply, request_content, to_arrays
 from strategies.withdrawal_fedavg import WithdrawalFedAvg
-
 from tests.conftest import make_tiny_federation
 
 

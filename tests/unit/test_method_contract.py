@@ -6,9 +6,8 @@ withdrawal window (and only by methods that declare ``needs_forget_data``)."""
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 
 from fedunlearn.access import read_access_log
 from fedunlearn.config import ExperimentConfig, to_toml
@@ -16,7 +15,6 @@ from fedunlearn.experiment import Phases
 from fedunlearn.methods import METHODS
 from fedunlearn.models import build_model, set_weights
 from fedunlearn.training import evaluate
-
 from tests.conftest import make_tiny_federation, tiny_config
 
 ALL = METHODS.names()

@@ -14,7 +14,6 @@ from fedunlearn.methods import build_method
 from fedunlearn.methods.federaser import FedEraserParams, apply_update, calibrate, calibration_epochs
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","federaser"]'

@@ -15,11 +15,16 @@ from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
 from fedunlearn.methods import build_method
-from fedunlearn.methods.forsaken import (Forsaken, ForsakenParams, MaskGenerator, _pack_optimizer,
-                                         _unpack_optimizer, build_generator)
+from fedunlearn.methods.forsaken import (
+    Forsaken,
+    ForsakenParams,
+    MaskGenerator,
+    _pack_optimizer,
+    _unpack_optimizer,
+    build_generator,
+)
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate, logits
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","forsaken"]'

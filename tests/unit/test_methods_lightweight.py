@@ -17,7 +17,6 @@ from fedunlearn.methods.finetune import Finetune, FinetuneParams
 from fedunlearn.methods.lightweight import Lightweight, LightweightParams, perturb
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate, seed_for
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","lightweight"]'

@@ -17,11 +17,9 @@ from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, experiment_data
 from fedunlearn.config import load_config, to_toml
 from fedunlearn.methods import build_method
-from fedunlearn.methods.mia_loss import (MiaLoss, MiaLossParams, ce_step, gaussian_leak, mean_softmax_kl,
-                                        mixed_weights)
+from fedunlearn.methods.mia_loss import MiaLoss, MiaLossParams, ce_step, gaussian_leak, mean_softmax_kl, mixed_weights
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate, logits
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","mia_loss"]'
@@ -167,10 +165,10 @@ class _Recorder:
             made = self.made
 
             class Recording(base):  # type: ignore[misc, valid-type]
-                def __init__(self, params, lr=1e-3, *args, _name=name, **kwargs):
+                def __init__(self, params, lr=1e-3, *args, _name=name, _made=made, **kwargs):
                     super().__init__(params, lr, *args, **kwargs)
                     g = self.param_groups[0]
-                    made.append((_name, g["lr"], g.get("momentum", 0.0), g.get("weight_decay", 0.0)))
+                    _made.append((_name, g["lr"], g.get("momentum", 0.0), g.get("weight_decay", 0.0)))
 
             monkeypatch.setattr(torch.optim, name, Recording)
 

@@ -13,11 +13,19 @@ from fedunlearn.config import load_config, to_toml
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.methods import build_method
 from fedunlearn.methods.mixed_round import with_extras
-from fedunlearn.methods.pga import (NOTEBOOK_STOP_SHARE, PGA, WU, PGAParams, ball_radius, distance, project_to_ball,
-                                    reference_model, sq_distance)
+from fedunlearn.methods.pga import (
+    NOTEBOOK_STOP_SHARE,
+    PGA,
+    WU,
+    PGAParams,
+    ball_radius,
+    distance,
+    project_to_ball,
+    reference_model,
+    sq_distance,
+)
 from fedunlearn.models import Weights, build_model, get_weights, set_weights
 from fedunlearn.training import evaluate, seed_for
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","pga"]'

@@ -14,11 +14,20 @@ from fedunlearn.access import read_access_log
 from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
 from fedunlearn.methods import build_method
-from fedunlearn.methods.unsir import (IMPAIR_STEP, NOISE_X, NOISE_Y, REPAIR_STEP, UNSIR, UNSIRParams, class_noise,
-                                      retained_subset, sample_noise, split_extras)
+from fedunlearn.methods.unsir import (
+    IMPAIR_STEP,
+    NOISE_X,
+    NOISE_Y,
+    REPAIR_STEP,
+    UNSIR,
+    UNSIRParams,
+    class_noise,
+    retained_subset,
+    sample_noise,
+    split_extras,
+)
 from fedunlearn.models import Weights, build_model, get_weights, set_weights
 from fedunlearn.training import evaluate, seed_for, train_epochs
-
 from tests.conftest import TINY, make_tiny_federation
 
 METHODS = 'unlearn.methods=["retrain","unsir"]'

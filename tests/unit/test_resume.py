@@ -11,7 +11,6 @@ import pytest
 
 from fedunlearn.rounds import FedAvgRounds
 from fedunlearn.runner import run
-
 from tests.conftest import tiny_config
 
 METHODS = 'unlearn.methods=["retrain","finetune"]'

@@ -10,7 +10,6 @@ from fedunlearn.errors import PhaseFailed, PrivacyViolation
 from fedunlearn.federation import ClientReply
 from fedunlearn.models import Weights
 from fedunlearn.rounds import FedAvgRounds, sample_clients, weighted_average
-
 from tests.conftest import make_tiny_federation
 
 
