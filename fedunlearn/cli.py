@@ -28,7 +28,7 @@ def _fail(err: Exception) -> None:
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    from fedunlearn.report import summary_table, withdrawal_label
+    from fedunlearn.stages.report import summary_table, withdrawal_label
 
     header, rows = summary_table(summary, compact=True)
     table = Table(title=f"{summary['name']}: withdrawn {withdrawal_label(summary)}, null band "
@@ -118,7 +118,7 @@ def run(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
     """Re-draw plots and report.md from saved results."""
-    from fedunlearn.report import write_report
+    from fedunlearn.stages.report import write_report
 
     try:
         if not (run_dir / "summary.json").is_file():
@@ -144,15 +144,22 @@ def audit(
     from fedunlearn.runner import load_run_config
 
     try:
-        load_run_config(run_dir)
+        cfg = load_run_config(run_dir)
         if attacks:
             from fedunlearn.audit.attacks import ATTACKS
 
             for a in attacks.split(","):
                 ATTACKS.get(a.strip(), "--attacks")
-        from fedunlearn.audit.stage import run_audit
-        from fedunlearn.report import write_report
+        from fedunlearn.stages.audit import run_audit
+        from fedunlearn.stages.report import write_report
 
+        m = cfg.audit.seeds if seeds is None else seeds
+        if m in (1, 2) or m < 0:
+            raise ConfigError(f"--seeds: {m} not allowed; allowed: 0 (off) or >= 3")
+        if m:  # the replicas step first (trained once, in-process); the audit then only reads saved models
+            from fedunlearn.seeds import train_seed_runs
+
+            train_seed_runs(run_dir, m)
         summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None, seeds=seeds)
         write_report(run_dir)
     except FedUnlearnError as err:

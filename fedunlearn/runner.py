@@ -160,9 +160,14 @@ def run_phases_inprocess(cfg: ExperimentConfig, run_dir: Path, progress: Progres
 
 def finish_run(run_dir: Path, failed: dict[str, str] | None = None) -> dict:
     """Audit every saved model and write the report (also what ``fedunlearn report`` re-runs)."""
-    from fedunlearn.audit.stage import run_audit
-    from fedunlearn.report import write_report
+    from fedunlearn.stages.audit import run_audit
+    from fedunlearn.stages.report import write_report
 
+    seeds = load_run_config(run_dir).audit.seeds
+    if seeds:  # the A2 replicas are a pipeline step of their own, before the audit (which only reads)
+        from fedunlearn.seeds import train_seed_runs
+
+        train_seed_runs(run_dir, seeds)
     summary = run_audit(run_dir, failed=failed)
     write_report(run_dir)
     return summary

@@ -21,6 +21,7 @@ import numpy as np
 
 from fedunlearn.config import ExperimentConfig, config_from_dict
 from fedunlearn.errors import FedUnlearnError
+from fedunlearn.stages.seed_replicas import seed_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ def seed_config(parent: ExperimentConfig, seed: int) -> ExperimentConfig:
     d["audit"].update({"attacks": ["loss"], "retrain_null": False, "seeds": 0})
     d["sim"]["backend"] = "inprocess"
     return config_from_dict(d)
-
-
-def seed_run_dir(run_dir: Path, seed: int) -> Path:
-    return Path(run_dir) / "seeds" / f"seed-{seed}"
 
 
 def train_seed_runs(run_dir: Path, m: int) -> list[Path]:

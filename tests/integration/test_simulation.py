@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedunlearn.access import read_access_log
-from fedunlearn.audit.stage import PER_CLIENT_COLUMNS
 from fedunlearn.config import load_config
 from fedunlearn.runner import run
+from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).parents[2] / "experiments" / "quickstart.toml"

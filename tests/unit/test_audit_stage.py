@@ -14,9 +14,11 @@ import pytest
 from fedunlearn.access import read_access_log
 from fedunlearn.audit.metrics import benjamini_hochberg
 from fedunlearn.audit.signals import RecordSignals
-from fedunlearn.audit.stage import PER_CLIENT_COLUMNS, ModelSignals, withdrawn_forgetting
 from fedunlearn.experiment import reference_halves
 from fedunlearn.runner import run
+from fedunlearn.stages.inference import ModelSignals
+from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
+from fedunlearn.stages.summary import withdrawn_forgetting
 from tests.conftest import tiny_config
 
 ATTACKS = ["loss", "rmia", "difference"]
@@ -160,8 +162,9 @@ def test_verdict_margin_comes_from_the_retrain_null(strong_run: Path) -> None:
     import numpy as np
 
     from fedunlearn.audit.metrics import auc
-    from fedunlearn.audit.stage import compute_signals, load_scores, score_models
     from fedunlearn.data import load_partitions
+    from fedunlearn.stages.inference import compute_signals
+    from fedunlearn.stages.scoring import load_scores, score_models
 
     summary = json.loads((strong_run / "summary.json").read_text())
     scores = load_scores(strong_run)
@@ -189,3 +192,34 @@ def test_audit_reads_are_their_own_kind_in_the_ledger(strong_run: Path) -> None:
     audit_rows = [r for r in rows if r["split"] == "audit"]
     assert len(audit_rows) == 4 and all(r["purpose"] == "audit" and r["phase"] == "audit" for r in audit_rows)
     assert {r["split"] for r in rows if r["purpose"] != "audit"} <= {"member", "validation"}
+
+
+def test_a2_replicas_are_a_step_before_the_audit_which_only_reads(tmp_path: Path) -> None:
+    """``audit.seeds = M``: the pipeline trains the M replicas, then the audit reads them; an audit asked for
+    replicas that are not there fails with the command that trains them, and trains nothing itself."""
+    from fedunlearn.errors import ConfigError
+    from fedunlearn.stages.audit import run_audit
+
+    cfg = tiny_config('unlearn.methods=["retrain","finetune"]', "audit.seeds=3", "train.rounds=2")
+    d = run(cfg, out=tmp_path / "run").run_dir
+    summary = json.loads((d / "summary.json").read_text())
+    a2 = summary["seed_audit"]
+    assert a2["seeds"] == 3 and a2["seed_values"] == [1, 2, 3] and "finetune" in a2["models"]
+    (d / "seeds" / "seed-2" / "models" / "retrain.pt").unlink()
+    with pytest.raises(ConfigError, match="--seeds: the A2 replicas seeds/seed-2 are not trained"):
+        run_audit(d)
+    assert not (d / "seeds" / "seed-2" / "models" / "retrain.pt").exists(), "the audit trained nothing"
+
+
+def test_audit_stage_imports_no_flower_ray_or_fl_phases(strong_run: Path) -> None:
+    """The audit, run alone in a fresh interpreter, reads saved models: Flower, Ray, the FL phases, the transports
+    and the Flower glue are never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from fedunlearn.stages.audit import run_audit; run_audit(sys.argv[1]); "
+            "bad = {'flwr', 'ray', 'strategies', 'clients', 'fedunlearn.simulation', 'fedunlearn.runner', "
+            "'fedunlearn.experiment', 'fedunlearn.seeds', 'fedunlearn.inprocess'} & set(sys.modules); "
+            "print(sorted(bad)); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(strong_run)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -28,13 +28,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
     """The report's plots take most of a tiny run's time and are not what these tests check."""
-    monkeypatch.setattr("fedunlearn.report.write_report", lambda run_dir: run_dir / "report.md")
+    monkeypatch.setattr("fedunlearn.stages.report.write_report", lambda run_dir: run_dir / "report.md")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("fedunlearn.report.write_report", lambda run_dir: run_dir / "report.md")
+        mp.setattr("fedunlearn.stages.report.write_report", lambda run_dir: run_dir / "report.md")
         return run(tiny_config(METHODS), out=tmp_path_factory.mktemp("u") / "run").run_dir
 
 

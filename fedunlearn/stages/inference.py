@@ -1,0 +1,94 @@
+"""Inference of a finished run's saved models: per-record signals on the whole training pool and the test set,
+computed once and cached in ``signals/<model>.npz``, and which models are audited (``original``, the configured
+methods, ``retrain``) or are instruments of the audit (RMIA's references, the retrain-vs-retrain null)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn.audit.signals import RecordSignals, signals_from_logits
+
+ORIGINAL, ORACLE = "original", "retrain"
+REFERENCES = ("reference_a", "reference_b")
+BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of both (RMIA averages its references)
+RETRAIN_NULL = "retrain_null"
+#: models saved in ``models/`` that are instruments of the audit, not audited models
+NOT_AUDITED = frozenset({"initial", *REFERENCES, RETRAIN_NULL})
+
+
+def is_null_model(name: str) -> bool:
+    """``retrain_null`` and its further seeds ``retrain_null_2``, ``retrain_null_3``, ... (``audit.null_seeds``)."""
+    return name == RETRAIN_NULL or (name.startswith(RETRAIN_NULL + "_") and name[len(RETRAIN_NULL) + 1:].isdigit())
+
+
+def null_model_names(run_dir: Path) -> list[str]:
+    """The retrain-vs-retrain null models of a run, in seed order."""
+    names = [p.stem for p in (Path(run_dir) / "models").glob("*.pt") if is_null_model(p.stem)]
+    return sorted(names, key=lambda n: 1 if n == RETRAIN_NULL else int(n.rsplit("_", 1)[1]))
+_SIGNALS_VERSION = 2
+_UNDEFINED_FR = "undefined (B_T = 0): no withdrawn member was judged a member by the original model"
+
+Scores = dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ModelSignals:
+    """One model's outputs on the whole training pool and the test set (indexed like the dataset)."""
+
+    pool: RecordSignals
+    pool_correct: np.ndarray
+    test_correct: np.ndarray
+    test: RecordSignals | None = None
+
+    def at(self, idx: np.ndarray) -> RecordSignals:
+        return RecordSignals(prob_true=self.pool.prob_true[idx], phi=self.pool.phi[idx])
+
+
+def model_names(run_dir: Path) -> list[str]:
+    """The audited models: original, the methods (in the config's order), retrain; never ``NOT_AUDITED``."""
+    from fedunlearn.config import load_config
+
+    cfg = load_config(run_dir / "config.toml")
+    present = {p.stem for p in (run_dir / "models").glob("*.pt") if not is_null_model(p.stem)} - NOT_AUDITED
+    ordered = [ORIGINAL] + [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
+    return [m for m in ordered if m in present]
+
+
+def compute_signals(run_dir: Path, name: str) -> ModelSignals:
+    """Inference of model ``name`` on every training-pool and test record, cached in ``signals/<name>.npz``.
+
+    The cache is keyed by the model file's modification time; any model in ``models/`` (references included) can be
+    cached, so re-auditing with other attacks never re-runs inference.
+    """
+    model_path = run_dir / "models" / f"{name}.pt"
+    cache = run_dir / "signals" / f"{name}.npz"
+    stamp = model_path.stat().st_mtime_ns
+    if cache.exists():
+        with np.load(cache) as z:
+            fresh = "version" in z.files and int(z["version"]) == _SIGNALS_VERSION and int(z["stamp"]) == stamp
+            if fresh:
+                return ModelSignals(RecordSignals(z["prob_true"], z["phi"]), z["pool_correct"], z["test_correct"],
+                                    RecordSignals(z["test_prob_true"], z["test_phi"]))
+    from fedunlearn.client import experiment_data
+    from fedunlearn.config import load_config
+    from fedunlearn.io import atomic_save_npz
+    from fedunlearn.models import build_model, load_weights, resolve_device, set_weights
+    from fedunlearn.training import logits
+
+    cfg = load_config(run_dir / "config.toml")
+    ds, _ = experiment_data(cfg)
+    device = resolve_device(cfg.sim.device)
+    model = set_weights(build_model(cfg.model, ds.input_shape, ds.num_classes), load_weights(model_path))
+    z_pool = logits(model, ds.x_train, device)
+    z_test = logits(model, ds.x_test, device)
+    sig = signals_from_logits(z_pool, ds.y_train)
+    test_sig = signals_from_logits(z_test, ds.y_test)
+    pool_correct = z_pool.argmax(1) == ds.y_train
+    test_correct = z_test.argmax(1) == ds.y_test
+    atomic_save_npz(cache, prob_true=sig.prob_true, phi=sig.phi, pool_correct=pool_correct,
+                    test_correct=test_correct, test_prob_true=test_sig.prob_true, test_phi=test_sig.phi,
+                    stamp=np.asarray(stamp), version=np.asarray(_SIGNALS_VERSION))
+    return ModelSignals(sig, pool_correct, test_correct, test_sig)

@@ -1,0 +1,162 @@
+"""``report.md`` from a run directory's saved results (``fedunlearn report`` re-draws it with the plots) and the
+summary table the terminal shows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedunlearn.io import atomic_write_text
+from fedunlearn.stages.plots import (
+    plot_accuracy_bars,
+    plot_auc_heatmap,
+    plot_client_auc,
+    plot_epsilon_hist,
+    plot_leakage_vs_cost,
+    plot_roc_grid,
+    plot_roc_withdrawn,
+    plot_training_curves,
+    plot_vulnerable_records,
+)
+
+
+def _num(v: object, fmt: str = ".3f") -> str:
+    return "undefined" if v is None else format(v, fmt)
+
+
+def audit_sections(summary: dict) -> list[str]:
+    """report.md sections of the leakage audit: forgetting rate, other clients, retrain null, RMIA set-up, A2."""
+    lines: list[str] = []
+    methods = [m for m in summary["models"] if m != "original"]
+    frs = {m: summary["models"][m].get("forgetting_rate") for m in methods}
+    if any(frs.values()):
+        alpha = summary.get("forgetting_rate", {}).get("alpha", 0.1)
+        lines += ["", f"## Forgetting rate (Forsaken; A0 threshold at FPR {alpha} fixed on the original model)", "",
+                  "| model | FR | per-record FR | B_T | FR(retrain) | per-record FR(retrain) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {_num(fr['fr'])} | {_num(fr['fr_per_record'])} | {fr['b_t']} | {_num(fr['fr_retrain'])} | "
+                  f"{_num(fr['fr_per_record_retrain'])} |" for m, fr in frs.items() if fr]
+        lines += ["", "Undefined when no withdrawn member was judged a member before unlearning (B_T = 0); negative "
+                  "when more records look like members after unlearning. A retrained model does not score 1."]
+    comp = summary.get("comparisons", {}).get("methods", {})
+    if comp:
+        lines += ["", f"## Other clients (paired DeLong, Benjamini–Hochberg q = {summary['comparisons']['q']})", "",
+                  "| method | attack | remaining clients ≠ retrain | onion effect (remaining ≠ original) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {m} | {a} | {e['remaining_differ_from_retrain'] or '—'} | {e['onion_effect'] or '—'} |"
+                  for m, per in comp.items() for a, e in per.items()]
+    null = summary.get("retrain_null", {}).get("attacks", {})
+    if null:
+        lines += ["", "## False-alarm level: retrain vs retrain with another seed", "",
+                  "| attack | clients flagged (BH) | raw p < 0.05 | mean abs ΔAUC | max abs ΔAUC "
+                  "| equivalence margin | withdrawn ΔAUC | withdrawn as if never seen |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {a} | {e['bh_flagged']}/{e['clients']} | {e['raw_p_below_0.05']} | {e['mean_abs_delta_auc']:.3f} "
+                  f"| {e['max_abs_delta_auc']:.3f} | ±{_num(e.get('equivalence_margin'))} "
+                  f"| {e['withdrawn_delta_auc_vs_retrain']:+.3f} | {e['withdrawn_never_seen'] or '—'} |"
+                  for a, e in null.items()]
+        lines += ["", f"Null models: {', '.join(summary['retrain_null'].get('null_models', []))}. The margin is "
+                  "1.96 × the RMS of their ΔAUC against retrain over every client: two exact unlearnings differ by "
+                  "this much by chance, so a method within it of retrain is judged equivalent."]
+    rmia = summary.get("rmia")
+    if rmia:
+        h = rmia["halves"]
+        lines += ["", "## RMIA set-up", "",
+                  f"Reference A trained on clients {h['reference_a']}, reference B on {h['reference_b']}; withdrawn "
+                  f"clients {h['out_of_both']} are OUT for both. a = {rmia['a']} (tuned by attacking reference A with "
+                  f"reference B: AUC {_num(rmia['tuning_auc'])}); population {rmia['population_size']} records."]
+    a2 = summary.get("seed_audit")
+    if a2 and a2.get("models"):
+        null_eps = a2["retrain_vs_retrain"]
+        lines += ["", f"## A2 seed audit ({a2['seeds']} seeds, {a2['records']} withdrawn members)", "",
+                  "| model | mean ε | median ε | challenge score | mean ε (half the seeds) | U-LiRA accuracy |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {e['epsilon_mean']:.2f} | {e['epsilon_median']:.2f} | {e['challenge_score']:.3f} | "
+                  f"{e['epsilon_half_mean']:.2f} | {e['ulira_accuracy_mean']:.3f} |" for m, e in a2["models"].items()]
+        lines.append(f"| retrain vs retrain | | | {null_eps['challenge_score_half']:.3f} (half) | "
+                     f"{null_eps['epsilon_half_mean']:.2f} | |")
+    return lines
+
+
+def withdrawal_label(summary: dict) -> str:
+    """"client(s) [0]" or, for a class withdrawal, "class(es) [3] of every client"."""
+    if summary.get("withdrawn_classes"):
+        return f"class(es) {summary['withdrawn_classes']} of every client"
+    return f"client(s) {summary['withdrawn_clients']}"
+
+
+def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The method table shown on the terminal (``compact``: no CIs, short headers) and in report.md."""
+    attacks = summary["attacks"]
+    header = ["model", "test acc", "withdrawn acc", "retained acc"]
+    if compact:
+        header = ["model", "test", "u acc", "kept"]
+    for a in attacks:
+        header += ([f"{a} AUC", "Δ retrain", "verdict"] if compact
+                   else [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"vs retrain ({a})", f"never seen ({a})"])
+    header += ["wall s", "speed-up"]
+    rows = []
+    for m, e in summary["models"].items():
+        row = [m, f"{e['test_accuracy']:.3f}", f"{e['withdrawn_accuracy']:.3f}", f"{e['retained_accuracy']:.3f}"]
+        for a in attacks:
+            leak = e["leakage"].get(a)
+            if leak is None:
+                row += ["—"] * (3 if compact else 4)
+                continue
+            d = leak.get("distance_to_retrain")
+            auc = f"{leak['auc']:.3f}" if compact else f"{leak['auc']:.3f} [{leak['auc_lo']:.3f}, {leak['auc_hi']:.3f}]"
+            short = {"under-unlearned": "under", "over-unlearned": "over", "equivalent": "equiv."}
+            verdict = short.get(leak["verdict"], leak["verdict"]) if compact else leak["verdict"]
+            row += [auc, "—" if d is None or m == "retrain" else f"{d:+.3f}", verdict]
+            if not compact:
+                row.append(leak.get("never_seen") or "—")
+        cost = e.get("cost")
+        sp = (e.get("speedup_vs_retrain") or {}).get("wall")
+        row += [f"{cost['wall_s']:.1f}" if cost else "—", f"{sp:.1f}×" if sp and m != "retrain" else "—"]
+        rows.append(row)
+    return header, rows
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    plots = [plot_training_curves(run_dir), plot_accuracy_bars(run_dir, summary)]
+    for a in summary["attacks"]:
+        plots.append(plot_client_auc(run_dir, a))
+        plots.append(plot_leakage_vs_cost(run_dir, a))
+    from fedunlearn.stages.scoring import load_scores
+
+    scores = load_scores(run_dir)
+    if scores:
+        plots += plot_roc_withdrawn(run_dir, scores, summary)
+        plots += [plot_roc_grid(run_dir, scores, summary, a) for a in summary["attacks"]]
+    plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
+    if summary.get("seed_audit"):
+        plots.append(plot_epsilon_hist(run_dir))
+    header, rows = summary_table(summary)
+    lines = [f"# fedunlearn report: {summary['name']}", "",
+             f"Withdrawn: {withdrawal_label(summary)}; seed {summary['seed']}; "
+             f"{summary['n_member']} member vs {summary['n_nonmember']} audit records (held-out, never read by any "
+             "method) audited; null band "
+             f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}] (AUC expected of a model that never saw "
+             "the withdrawn client).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if summary.get("failed_methods"):
+        lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
+    lines += audit_sections(summary)
+    lines += ["", "Verdicts against retrain (*vs retrain*): *equivalent* = the withdrawn clients' AUC is within the "
+              "equivalence margin of retrain's (1.96 × the RMS of retrain-vs-retrain ΔAUC over clients and null "
+              "seeds; see the false-alarm section); *under-unlearned* = more leakage than retrain by more than the "
+              "margin; *over-unlearned* = less (a detectable 'Streisand' signal); *no margin* = the run trained no "
+              "retrain-vs-retrain null (`audit.retrain_null`). Before/after attacks (difference) flip the direction: "
+              "exact unlearning also moves the forgotten records, so a larger difference than retrain's is "
+              "over-unlearning. Retrain is exact by definition. *Never seen*: inside / above / below the 0.5 null "
+              "band (membership attacks only) — even retrain can sit above it.",
+              "", "## Plots", ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
+    lines += ["", "Files: `per_client.csv` (every model × client × attack, with ΔAUC, paired DeLong p-values and "
+              "Benjamini–Hochberg flags vs retrain and vs the original), `vulnerable_records.csv` (most exposed "
+              "members per client), `ledger.csv` (costs per method and phase), `rounds.csv` (per-round metrics), "
+              "`data_access.csv` (every read of client data).", ""]
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
