@@ -1,8 +1,10 @@
 """FedAvg with withdrawal: excludes withdrawn clients, samples with a seeded generator, records update history.
 
-A Flower ``Strategy`` whose hooks delegate to ``fedunlearn.rounds.FedAvgRounds`` (the maths, testable without Ray):
-``configure_train`` asks it which partitions train this round and maps them to node ids; ``aggregate_train`` turns
-the replies into ``ClientReply`` objects and lets it average, account and record.
+A Flower ``Strategy`` (not a ``FedAvg`` subclass: every hook is ours, so FedAvg's fractions, minimums and
+aggregation would be dead arguments) whose hooks delegate to ``fedunlearn.rounds.FedAvgRounds`` (the maths, testable
+without Ray): ``configure_train`` asks it which partitions train this round and maps them to node ids;
+``aggregate_train`` turns the replies into ``ClientReply`` objects and lets it average, account and record. Flower's
+``Strategy.start`` drives the rounds.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from fedunlearn.models import Weights
 from fedunlearn.rounds import FedAvgRounds
 from strategies.records import from_arrays, message_type, parse_reply, request_content, to_arrays
 
 
-class WithdrawalFedAvg(FedAvg):
+class WithdrawalFedAvg(Strategy):
     """FedAvg over the eligible partitions of one phase.
 
     Parameters
@@ -28,9 +30,6 @@ class WithdrawalFedAvg(FedAvg):
     """
 
     def __init__(self, engine: FedAvgRounds, node_of_pid: dict[int, int]) -> None:
-        n = len(engine.eligible)
-        super().__init__(fraction_train=engine.fraction, fraction_evaluate=1.0, min_train_nodes=1,
-                         min_evaluate_nodes=1, min_available_nodes=min(n, 1))
         self.engine = engine
         self.node_of_pid = node_of_pid
         self.pid_of_node = {v: k for k, v in node_of_pid.items()}

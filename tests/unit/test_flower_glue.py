@@ -79,3 +79,10 @@ def test_strategy_excludes_withdrawn_and_records_updates(tmp_path) -> None:
     assert 0 not in tf.ctx.history.clients_at(1)
     assert set(from_arrays(arrays)) == set(tf.initial)
     assert not any(r["client"] == "0" for r in read_access_log(tf.run_dir / "data_access.csv"))
+
+
+def test_strategy_is_a_plain_flower_strategy() -> None:
+    """Every hook is ours: WithdrawalFedAvg subclasses Flower's Strategy, not FedAvg (whose arguments were dead)."""
+    from flwr.serverapp.strategy import FedAvg, Strategy
+
+    assert issubclass(WithdrawalFedAvg, Strategy) and not issubclass(WithdrawalFedAvg, FedAvg)
