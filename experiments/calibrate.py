@@ -38,8 +38,8 @@ import numpy as np
 
 from fedunlearn.audit.metrics import auc, equivalence_margin, equivalence_verdict
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.experiment import RETRAIN_NULL
 from fedunlearn.inprocess import InProcessFederation
 from fedunlearn.io import atomic_write_json

@@ -21,7 +21,8 @@ from torch import nn
 
 from fedunlearn.access import DataRead
 from fedunlearn.config import ExperimentConfig, config_from_dict
-from fedunlearn.data import Dataset, Partitions, load_dataset, make_partitions
+from fedunlearn.data import Dataset, Partitions
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import PrivacyViolation
 from fedunlearn.federation import ClientReply
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
@@ -41,7 +42,6 @@ StepFn = Callable[["ClientRuntime", "Weights | None", dict[str, Any]], StepOutpu
 CLIENT_STEPS: Registry[StepFn] = Registry("client step")
 
 _EXPERIMENTS: dict[str, ExperimentConfig] = {}
-_DATA: dict[str, tuple[Dataset, Partitions]] = {}
 
 
 def experiment_from_toml(text: str) -> ExperimentConfig:
@@ -53,17 +53,6 @@ def experiment_from_toml(text: str) -> ExperimentConfig:
         _EXPERIMENTS.clear()
         _EXPERIMENTS[key] = config_from_dict(tomllib.loads(text))
     return _EXPERIMENTS[key]
-
-
-def experiment_data(cfg: ExperimentConfig) -> tuple[Dataset, Partitions]:
-    """The dataset and partitions of an experiment; deterministic in the config, so every node rebuilds the same."""
-    seed = cfg.data_seed
-    key = cfg.data.model_dump_json() + f"|{seed}"
-    if key not in _DATA:
-        _DATA.clear()
-        ds = load_dataset(cfg.data, seed)
-        _DATA[key] = (ds, make_partitions(ds, cfg.data, seed))
-    return _DATA[key]
 
 
 def client_device(cfg: ExperimentConfig) -> torch.device:

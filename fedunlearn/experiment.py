@@ -252,7 +252,7 @@ class Phases:
         order): ``models/retrain_null.pt`` (then ``retrain_null_2.pt``, ... for ``audit.null_seeds`` > 1), never
         audited as models; the audit compares them with retrain to measure how often two retrains already look
         "significantly different" (the false-alarm level) and how far apart they are (the equivalence margin)."""
-        from fedunlearn.client import experiment_data
+        from fedunlearn.data.cache import experiment_data
         from fedunlearn.models import build_model, get_weights
 
         ds, _ = experiment_data(self.cfg)

@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 
 from fedunlearn.access import AccessLog, WithdrawalWindow
-from fedunlearn.client import experiment_data
 from fedunlearn.config import ExperimentConfig, load_config, to_toml
 from fedunlearn.costs import CostLedger
 from fedunlearn.data import save_partitions
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import ConfigError
 from fedunlearn.federation import RoundsLog, ServerContext
 from fedunlearn.history import UpdateHistory

@@ -335,7 +335,7 @@ class PGA(UnlearningMethod):
 
     def _reference(self, job: UnlearnJob, p: PGAParams) -> Reference:
         """Server half: w_ref from w_T and u's last local model; δ and the distance stop from random inits."""
-        from fedunlearn.client import experiment_data
+        from fedunlearn.data.cache import experiment_data
 
         hist = job.fed.ctx.history
         locals_u: dict[int, Weights] = {}

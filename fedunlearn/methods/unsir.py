@@ -506,7 +506,7 @@ class UNSIR(UnlearningMethod):
 
     def _server_noise(self, job: UnlearnJob, p: UNSIRParams, weights: Weights, rnd: int = 0) -> Weights:
         """Class mode: the server fits one noise batch per forgotten class from the model alone."""
-        from fedunlearn.client import experiment_data
+        from fedunlearn.data.cache import experiment_data
 
         ds = experiment_data(job.cfg)[0]  # shapes and class count only: no client records are read
         bad = [c for c in job.forget_classes if not 0 <= c < ds.num_classes]

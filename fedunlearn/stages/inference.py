@@ -72,8 +72,8 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
             if fresh:
                 return ModelSignals(RecordSignals(z["prob_true"], z["phi"]), z["pool_correct"], z["test_correct"],
                                     RecordSignals(z["test_prob_true"], z["test_phi"]))
-    from fedunlearn.client import experiment_data
     from fedunlearn.config import load_config
+    from fedunlearn.data.cache import experiment_data
     from fedunlearn.io import atomic_save_npz
     from fedunlearn.models import build_model, load_weights, resolve_device, set_weights
     from fedunlearn.training import logits

@@ -305,7 +305,7 @@ def plot_vulnerable_records(run_dir: Path) -> Path | None:
     cfg = load_config(run_dir / "config.toml")
     if cfg.data.dataset == "synthetic":
         return None
-    from fedunlearn.client import experiment_data
+    from fedunlearn.data.cache import experiment_data
 
     ds, _ = experiment_data(cfg)
     if ds.x_train.ndim != 4:

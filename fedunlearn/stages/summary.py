@@ -38,7 +38,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
     band = null_band(len(w_mem), len(w_hold))
     test_forget = test_kept = None
     if cfg.withdraw.classes:
-        from fedunlearn.client import experiment_data
+        from fedunlearn.data.cache import experiment_data
 
         y_test = experiment_data(cfg)[0].y_test[parts.test]
         test_forget = parts.test[np.isin(y_test, cfg.withdraw.classes)]
@@ -150,7 +150,7 @@ def forget_sets(cfg, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gone = sorted(cfg.withdraw.clients)
         return (np.concatenate([parts.members[k] for k in gone]), np.concatenate([parts.audit[k] for k in gone]),
                 np.concatenate([parts.members[k] for k in k_all if k not in set(gone)]))
-    from fedunlearn.client import experiment_data
+    from fedunlearn.data.cache import experiment_data
 
     y = experiment_data(cfg)[0].y_train
     labels = sorted(cfg.withdraw.classes)

@@ -70,7 +70,7 @@ def test_contract(tmp_path, name: str) -> None:
         assert mine == []
 
     # forget-set accuracy does not rise above the original's
-    from fedunlearn.client import experiment_data
+    from fedunlearn.data.cache import experiment_data
     from fedunlearn.models import load_weights
 
     ds, parts = experiment_data(tf.cfg)

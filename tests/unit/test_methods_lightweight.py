@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fedunlearn.access import read_access_log
-from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.methods import build_method
 from fedunlearn.methods.finetune import Finetune, FinetuneParams
 from fedunlearn.methods.lightweight import Lightweight, LightweightParams, perturb

@@ -14,8 +14,9 @@ import torch
 from fedunlearn.access import read_access_log
 from fedunlearn.audit.metrics import auc
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import ClientRuntime, experiment_data
+from fedunlearn.client import ClientRuntime
 from fedunlearn.config import load_config, to_toml
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.methods import build_method
 from fedunlearn.methods.mia_loss import MiaLoss, MiaLossParams, ce_step, gaussian_leak, mean_softmax_kl, mixed_weights
 from fedunlearn.models import Weights, build_model, set_weights

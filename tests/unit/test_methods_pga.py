@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedunlearn.access import read_access_log
-from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.methods import build_method
 from fedunlearn.methods.mixed_round import with_extras

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from fedunlearn.access import read_access_log
-from fedunlearn.client import experiment_data
 from fedunlearn.config import load_config, to_toml
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.methods import build_method
 from fedunlearn.methods.unsir import (
     IMPAIR_STEP,
