@@ -28,6 +28,7 @@ def test_a_forbidden_function_local_import_breaks_them(tmp_path: Path) -> None:
         shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     target = tmp_path / "fedunlearn" / "stages" / "verdicts.py"
-    target.write_text(target.read_text() + "\n\ndef _sneak() -> None:\n    import fedunlearn.experiment  # noqa: F401\n")
+    sneak = "\n\ndef _sneak() -> None:\n    import fedunlearn.experiment  # noqa: F401\n"
+    target.write_text(target.read_text() + sneak)
     out = _lint(tmp_path)
     assert out.returncode != 0 and "fedunlearn.stages.verdicts -> fedunlearn.experiment" in out.stdout, out.stdout
