@@ -1,7 +1,8 @@
 """The only fedunlearn module that starts Flower: wraps ``flwr.simulation.run_simulation`` on the Ray backend.
 
-All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process, so the
-prepared run is handed to it through ``take_job`` and errors come back the same way.
+All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process: it is built
+for the prepared run (``strategies.server_app.make_app(job)``), and the failed methods or an error come back in the
+job.
 """
 
 from __future__ import annotations
@@ -27,14 +28,6 @@ class SimulationJob:
     failed: dict[str, str] = field(default_factory=dict)
     error: BaseException | None = None
     memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
-
-
-_pending: list[SimulationJob] = []
-
-
-def take_job() -> SimulationJob | None:
-    """Called by the ServerApp: the run prepared by ``run_flower`` (None under ``flwr run .``)."""
-    return _pending.pop() if _pending else None
 
 
 def _drop_deprecation(record: logging.LogRecord) -> bool:
@@ -193,7 +186,7 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from strategies.server_app import app as server_app
+    from strategies.server_app import make_app
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     _speed_up_flower_dispatch()
@@ -201,15 +194,10 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     flwr_log.setLevel(logging.WARNING)
     flwr_log.addFilter(_drop_deprecation)
     job = SimulationJob(cfg, run_dir, progress)
-    _pending.clear()
-    _pending.append(job)
-    try:
-        with RayMemorySampler() as sampler:
-            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.clients,
-                           backend_config=backend_config(cfg), verbose_logging=False)
-        job.memory = sampler.result_mb()
-    finally:
-        _pending.clear()
+    with RayMemorySampler() as sampler:
+        run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
+                       backend_config=backend_config(cfg), verbose_logging=False)
+    job.memory = sampler.result_mb()
     if job.error is not None:
         raise job.error
     if not (run_dir / "models" / "retrain.pt").exists():
