@@ -54,8 +54,11 @@ def train_epochs(
     device: torch.device,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
+    extra_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
 ) -> TrainResult:
-    """Minibatch training with a seeded shuffle; ``after_step`` runs after every optimizer step (e.g. projection)."""
+    """Minibatch training with a seeded shuffle; ``after_step`` runs after every optimizer step (e.g. projection);
+    ``extra_loss(batch indices)`` adds a term to each batch's loss and says how many more samples it processed
+    (e.g. UNSIR-1's paired noise), counted in ``samples``."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -70,6 +73,10 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)
             loss = loss_fn(out, yb)
+            if extra_loss is not None:
+                term, n_extra = extra_loss(idx)
+                loss = loss + term
+                samples += n_extra
             loss.backward()
             optimizer.step()
             if after_step is not None:

@@ -321,36 +321,21 @@ def paired_impair_train(model: nn.Module, x: np.ndarray, y: np.ndarray, noise_x:
     CE(noise, y_r) + CE(x_r, y_r) for one copy. The retained batches are drawn exactly as ``train_epochs`` draws
     them, so ``copies = 0`` is ``train_epochs`` with plain SGD on the retained records (the ablation).
     Returns the result (loss, accuracy on the retained records) and the number of optimizer steps."""
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    gen = torch.Generator().manual_seed(seed)
     use_noise = copies > 0 and len(noise_x) > 0
     order = np.random.default_rng(noise_seed).permutation(len(noise_x)) if use_noise else np.zeros(0, np.int64)
+    pos = 0
+
+    def noise_term(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        nonlocal pos
+        nx, ny, pos = paired_noise(noise_x, y[idx.numpy()], copies, order, pos)
+        xn = torch.as_tensor(nx, dtype=torch.float32, device=device)
+        yn = torch.as_tensor(ny, dtype=torch.long, device=device)
+        return nn.functional.cross_entropy(model(xn), yn, reduction="sum") / len(idx), len(nx)
+
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    model.to(device).train()
-    pos, steps, samples = 0, 0, 0
-    total, correct, seen = 0.0, 0, 0
-    for _ in range(epochs):
-        total, correct, seen = 0.0, 0, 0
-        for idx in batches(len(xt), batch_size, gen):
-            xb, yb = xt[idx].to(device), yt[idx].to(device)
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
-            if use_noise:
-                nx, ny, pos = paired_noise(noise_x, y[idx.numpy()], copies, order, pos)
-                xn = torch.as_tensor(nx, dtype=torch.float32, device=device)
-                yn = torch.as_tensor(ny, dtype=torch.long, device=device)
-                loss = loss + nn.functional.cross_entropy(model(xn), yn, reduction="sum") / len(idx)
-                samples += len(nx)
-            loss.backward()
-            opt.step()
-            steps += 1
-            total += float(loss.detach()) * len(idx)
-            correct += int((out.detach().argmax(1) == yb).sum())
-            seen += len(idx)
-        samples += seen
-    return TrainResult(loss=total / max(seen, 1), accuracy=correct / max(seen, 1), samples=samples), steps
+    res = train_epochs(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=seed, device=device,
+                       extra_loss=noise_term if use_noise else None)
+    return res, epochs * math.ceil(len(x) / batch_size)
 
 
 def split_extras(weights: Weights) -> tuple[Weights, Weights]:
