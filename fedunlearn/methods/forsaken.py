@@ -207,7 +207,8 @@ class Forsaken(UnlearningMethod):
     name = "forsaken"
     paper = ("Ma, Liu, Liu, Liu, Ma, Ren, 'Learn to Forget: Machine Unlearning via Neuron Masking', IEEE TDSC 20(4), "
              "2023; arXiv 2003.10933")
-    summary = "a learned mask-gradient generator edits w_T on u until the A0 oracle forgets D_u; then repair"
+    summary = ("a learned mask-gradient generator edits w_T on u (per-record hinge toward a validation-part target, "
+               "utility guard) until the A0 oracle forgets D_u; then repair")
     granularity = ("client",)  # class mode of the paper: not wired to class withdrawals yet
     where = {"withdrawing": "trains the generator G and proposes masked edits g (window open)",
              "remaining": "report their CE under each candidate edit (query); repair rounds",
