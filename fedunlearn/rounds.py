@@ -50,6 +50,17 @@ def subtract(a: Weights, b: Weights, dtype: type = np.float64) -> Weights:
     return Weights((k, (np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).astype(dtype)) for k in a)
 
 
+def check_failure_share(phase: str, rnd: int, succeeded: int, expected: int, share: float,
+                        failed: Sequence[ClientReply] = ()) -> None:
+    """The one failure rule of every aggregated round: it fails when no client succeeded, or when more than
+    ``share`` (``train.max_failure_share``) of the ``expected`` clients did not (no answer counts as a failure)."""
+    missing = expected - succeeded
+    if succeeded == 0 or missing / max(expected, 1) > share:
+        detail = "; ".join(f"client {x.pid}: {x.error}" for x in failed[:3])
+        raise PhaseFailed(f"{phase} round {rnd}: {missing}/{expected} clients failed (allowed share {share})"
+                          + (f": {detail}" if detail else ""))
+
+
 class FedAvgRounds:
     """One FedAvg phase: which clients train each round, how replies are averaged, what is recorded.
 
@@ -100,10 +111,7 @@ class FedAvgRounds:
         missing = n - len(ok)
         for x in failed:
             log.warning("%s round %d: client %d failed: %s", self.phase, r, x.pid, x.error)
-        if not ok or missing / n > self.ctx.cfg.train.max_failure_share:
-            raise PhaseFailed(f"{self.phase} round {r}: {missing}/{n} clients failed "
-                              f"(allowed share {self.ctx.cfg.train.max_failure_share}): "
-                              + "; ".join(f"client {x.pid}: {x.error}" for x in failed[:3]))
+        check_failure_share(self.phase, r, len(ok), n, self.ctx.cfg.train.max_failure_share, failed)
         new = weighted_average([(x.weights, max(x.num_examples, 1)) for x in ok])  # type: ignore[misc]
         self._record(r, sent, ok)
         self.ctx.log_round(self.phase, r, new, ok, missing)

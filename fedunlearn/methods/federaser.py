@@ -33,11 +33,11 @@ import numpy as np
 from pydantic import Field
 
 from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
-from fedunlearn.errors import FedUnlearnError, PhaseFailed
+from fedunlearn.errors import FedUnlearnError
 from fedunlearn.federation import ClientReply
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights, is_float_param
-from fedunlearn.rounds import subtract, weighted_average
+from fedunlearn.rounds import check_failure_share, subtract, weighted_average
 
 log = logging.getLogger(__name__)
 STEP = "federaser_calibrate"
@@ -135,9 +135,7 @@ class FedEraser(UnlearningMethod):
         ctx = job.fed.ctx
         ok = [r for r in replies if r.ok and r.weights is not None]
         failed = [r for r in replies if not r.ok]
-        if not ok or len(failed) / len(replies) > job.cfg.train.max_failure_share:
-            raise PhaseFailed(f"federaser round {t}: {len(failed)}/{len(replies)} clients failed: "
-                              + "; ".join(f"client {r.pid}: {r.error}" for r in failed[:3]))
+        check_failure_share(ctx.phase, t, len(ok), len(replies), job.cfg.train.max_failure_share, failed)
         items = []
         for r in ok:
             old, _ = ctx.history.load_update(t, r.pid)

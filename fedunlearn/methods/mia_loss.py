@@ -77,12 +77,11 @@ from torch import nn
 from fedunlearn.audit.metrics import auc
 from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
-from fedunlearn.errors import PhaseFailed
 from fedunlearn.federation import ClientReply
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi, phi, split_extras, with_extras
 from fedunlearn.models import Weights, get_weights
-from fedunlearn.rounds import weighted_average
+from fedunlearn.rounds import check_failure_share, weighted_average
 from fedunlearn.training import batches, logits
 
 log = logging.getLogger(__name__)
@@ -220,10 +219,8 @@ class MiaLoss(UnlearningMethod):
         ok_u = [x for x in u_replies if x.ok and x.weights is not None]
         ok_r = sorted((x for x in r_replies if x.ok and x.weights is not None), key=lambda x: x.pid)
         missing = expected - len(ok_u) - len(ok_r)
-        share = rounds.ctx.cfg.train.max_failure_share
-        phase = rounds.job.phase("unlearn")
-        if not (ok_u or ok_r) or missing / max(expected, 1) > share:
-            raise PhaseFailed(f"{phase} round {rnd}: {missing}/{expected} clients failed (allowed share {share})")
+        check_failure_share(rounds.job.phase("unlearn"), rnd, len(ok_u) + len(ok_r), expected,
+                            rounds.ctx.cfg.train.max_failure_share, [x for x in [*u_replies, *r_replies] if not x.ok])
         a_u, a_r = mixed_weights([x.num_examples for x in ok_u], [x.num_examples for x in ok_r], lam)
         with rounds.phase("unlearn"):
             new = weighted_average([(x.weights, a) for x, a in zip([*ok_u, *ok_r], [*a_u, *a_r])])  # type: ignore

@@ -30,7 +30,7 @@ from fedunlearn.costs import Cost
 from fedunlearn.errors import PhaseFailed
 from fedunlearn.federation import ClientReply, Scalar
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds, sample_clients, weighted_average
+from fedunlearn.rounds import FedAvgRounds, check_failure_share, sample_clients, weighted_average
 from fedunlearn.training import logits, seed_for
 
 if TYPE_CHECKING:
@@ -121,10 +121,8 @@ class MethodRounds:
         """
         ok = sorted((r for r in replies if r.ok and r.weights is not None), key=lambda r: r.pid)
         missing = expected - len(ok)
-        share = self.ctx.cfg.train.max_failure_share
-        if not ok or missing / max(expected, 1) > share:
-            raise PhaseFailed(f"{self.job.phase(name)} round {rnd}: {missing}/{expected} clients failed "
-                              f"(allowed share {share})")
+        check_failure_share(self.job.phase(name), rnd, len(ok), expected, self.ctx.cfg.train.max_failure_share,
+                            [r for r in replies if not r.ok])
         with self.phase(name):
             new = weighted_average([(r.weights, max(r.num_examples, 1)) for r in ok])  # type: ignore[misc]
             self.ctx.costs.note(rounds=1)

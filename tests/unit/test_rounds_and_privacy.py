@@ -84,3 +84,15 @@ def test_seed_labels_count_whole() -> None:
     assert seed_for(0, "reference_a", 1) != seed_for(0, "reference_b", 1)
     assert seed_for(0, "finetune", 3) != seed_for(0, "finetune.continue", 3)
     assert seed_for(0, "original", 3) == seed_for(0, "original", 3)
+
+
+def test_one_failure_rule_for_every_aggregated_round() -> None:
+    """``check_failure_share`` is the rule FedAvg rounds, mixed rounds, ReMI's weighted rounds and FedEraser's
+    calibrated rounds all apply: fail past the allowed share of the expected clients, or when none succeeded."""
+    from fedunlearn.rounds import check_failure_share
+
+    check_failure_share("p", 1, 3, 4, 0.25)  # 1/4 failed: at the allowed share, not past it
+    with pytest.raises(PhaseFailed, match=r"p round 2: 2/4 clients failed \(allowed share 0.25\): client 3: boom"):
+        check_failure_share("p", 2, 2, 4, 0.25, [ClientReply(3, error="boom")])
+    with pytest.raises(PhaseFailed, match="1/1 clients failed"):
+        check_failure_share("p", 3, 0, 1, 0.99)
