@@ -21,6 +21,7 @@ from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.models import Weights, load_weights, save_weights
 from fedunlearn.rounds import FedAvgRounds
+from fedunlearn.rundir import FL_FINISHED, PHASES_FILE
 from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Phases:
         self.cfg = self.ctx.cfg
         self.initial = initial
         self.run_dir = self.ctx.run_dir
-        self.state = PhaseState.load(self.run_dir / "phases.json")
+        self.state = PhaseState.load(self.run_dir / PHASES_FILE)
         for key, st in self.state.window.items():
             if key.startswith("class:"):
                 self.ctx.window.classes[int(key[6:])] = st
@@ -121,6 +122,7 @@ class Phases:
         if self.cfg.audit.wants_retrain_null():
             self.retrain_null()
         self._save_logs()
+        self.state.mark(FL_FINISHED)  # the explicit "FL part finished" marker (fedunlearn.rundir.fl_finished)
         return dict(self.state.failed)
 
     def train_original(self) -> Weights:

@@ -21,6 +21,7 @@ import numpy as np
 
 from fedunlearn.config import ExperimentConfig, config_from_dict
 from fedunlearn.errors import FedUnlearnError
+from fedunlearn.rundir import fl_finished
 from fedunlearn.stages.seed_replicas import seed_run_dir
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def train_seed_runs(run_dir: Path, m: int) -> list[Path]:
         if not (d / "config.toml").exists():
             prepare_run(seed_config(parent, seed), d)
             _check_same_data(parts, load_partitions(d / "partitions.npz"), d)
-        if not (d / "models" / "retrain.pt").exists():  # retrain is the last phase of a replica
+        if not fl_finished(d):
             log.info("A2 seed replica %d/%d (seed %d): training in-process", i, m, seed)
             run_phases_inprocess(load_run_config(d), d)
         dirs.append(d)

@@ -200,7 +200,9 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     job.memory = sampler.result_mb()
     if job.error is not None:
         raise job.error
-    if not (run_dir / "models" / "retrain.pt").exists():
+    from fedunlearn.rundir import fl_finished
+
+    if not fl_finished(run_dir):
         from fedunlearn.errors import FedUnlearnError
 
         raise FedUnlearnError("the Flower simulation ended before the experiment finished (see the log above)")

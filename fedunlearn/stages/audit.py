@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedunlearn.audit.attacks import ATTACKS
+from fedunlearn.rundir import fl_finished
 from fedunlearn.stages.inference import ORACLE, ORIGINAL, compute_signals, model_names, null_model_names
 from fedunlearn.stages.rmia import load_references
 from fedunlearn.stages.scoring import (
@@ -63,9 +64,12 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     if seeds in (1, 2) or seeds < 0:
         raise ConfigError(f"--seeds: {seeds} not allowed; allowed: 0 (off) or >= 3")
     parts = load_partitions(run_dir / "partitions.npz")
+    if not fl_finished(run_dir):
+        raise ConfigError(f"run directory: {run_dir} is not finished (its FL phases are not all done); continue it "
+                          f"with `fedunlearn run --resume {run_dir}`")
     names = model_names(run_dir)
     if ORACLE not in names or ORIGINAL not in names:
-        raise ConfigError(f"run directory: {run_dir} lacks models/original.pt or models/retrain.pt (unfinished run?)")
+        raise ConfigError(f"run directory: {run_dir} lacks models/original.pt or models/retrain.pt")
     for a in attacks:
         ATTACKS.get(a, "audit.attacks")
     withdrawn = set(cfg.withdraw.clients)

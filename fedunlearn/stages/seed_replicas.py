@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedunlearn.rundir import fl_finished
 from fedunlearn.stages.inference import ORACLE, ModelSignals, compute_signals
 from fedunlearn.stages.scoring import write_rows
 from fedunlearn.stages.summary import forget_sets
@@ -26,7 +27,7 @@ def saved_seed_runs(run_dir: Path, seed: int, m: int) -> list[Path]:
     from fedunlearn.errors import ConfigError
 
     dirs = [seed_run_dir(run_dir, seed + i) for i in range(1, m + 1)]
-    missing = [str(d.relative_to(run_dir)) for d in dirs if not (d / "models" / "retrain.pt").exists()]
+    missing = [str(d.relative_to(run_dir)) for d in dirs if not fl_finished(d)]
     if missing:
         raise ConfigError(f"--seeds: the A2 replicas {', '.join(missing)} are not trained; run "
                           f"`fedunlearn audit {run_dir} --seeds {m}` (it trains them first)")

@@ -205,10 +205,25 @@ def test_a2_replicas_are_a_step_before_the_audit_which_only_reads(tmp_path: Path
     summary = json.loads((d / "summary.json").read_text())
     a2 = summary["seed_audit"]
     assert a2["seeds"] == 3 and a2["seed_values"] == [1, 2, 3] and "finetune" in a2["models"]
-    (d / "seeds" / "seed-2" / "models" / "retrain.pt").unlink()
+    shutil.rmtree(d / "seeds" / "seed-2")  # a replica that was never trained
     with pytest.raises(ConfigError, match="--seeds: the A2 replicas seeds/seed-2 are not trained"):
         run_audit(d)
-    assert not (d / "seeds" / "seed-2" / "models" / "retrain.pt").exists(), "the audit trained nothing"
+    assert not (d / "seeds" / "seed-2").exists(), "the audit trained nothing"
+
+
+def test_an_unfinished_run_is_refused_by_its_marker_not_its_files(strong_run: Path, tmp_path: Path) -> None:
+    """"FL finished" is the explicit marker in phases.json: with every model file present but the marker gone (the
+    references or the null still to train), the audit refuses the run and says how to continue it."""
+    from fedunlearn.errors import ConfigError
+    from fedunlearn.stages.audit import run_audit
+
+    d = _copy(strong_run, tmp_path / "unfinished")
+    state = json.loads((d / "phases.json").read_text())
+    assert state["done"][-1] == "finished"
+    state["done"].remove("finished")
+    (d / "phases.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match="is not finished.*--resume"):
+        run_audit(d)
 
 
 def test_audit_stage_imports_no_flower_ray_or_fl_phases(strong_run: Path) -> None:
