@@ -3,7 +3,7 @@
 For each method, a grid of its main strength and budget knobs (``GRIDS``, cheapest first) runs on the development
 setting — the quickstart, seeds 0–2, client 0 withdrawn, in-process (the same client code as through Ray) — from the
 same original model per seed. Each grid point is judged on the **validation part** only (the held-out records a
-method may read; leakage.md), never on the audit part, which the calibration does not read at all:
+method may read; docs/leakage.md), never on the audit part, which the calibration does not read at all:
 
 - validation leakage of client k under a model = AUC of k's members' logit-scaled confidence phi against k's
   validation records (the A0 loss attack);

@@ -91,7 +91,7 @@ class ClientRuntime:
     def read(self, split: str = "member", forget: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """This client's ``member`` (trained-on) or ``validation`` (held-out, never trained on) records; every call
         is noted in the ledger. The audit part of the held-out records is never readable here: only the audit,
-        outside the federation, reads it (leakage.md), so no training or method step can tune on it.
+        outside the federation, reads it (docs/leakage.md), so no training or method step can tune on it.
 
         Under a class withdrawal the withdrawn labels are left out; ``forget=True`` returns only them instead, and
         is refused unless their withdrawal window is open (only steps that declare ``needs_forget_data`` ask).

@@ -158,11 +158,12 @@ class UnlearnConfig(BaseModel):
 
 
 class AuditConfig(Strict):
-    """The leakage audit (leakage.md). ``rmia`` in ``attacks`` makes the experiment train two reference federations;
-    ``retrain_null`` a second retrain with another seed (the false-alarm level of every comparison with retrain;
-    "auto" = on exactly when ``rmia`` is on, i.e. when the strong audit is paid for anyway); ``seeds = M`` (M >= 3)
-    the A2 seed-distribution audit: M more in-process replicas of the whole experiment with training seeds
-    seed+1..seed+M on the same data (``seeds/seed-<s>/``, expensive: M times the FL cost)."""
+    """The leakage audit (docs/leakage.md). ``rmia`` in ``attacks`` makes the experiment train two reference
+    federations; ``retrain_null`` a second retrain with another seed (the false-alarm level of every comparison with
+    retrain, and the equivalence margin of the verdicts; "auto" = on exactly when ``rmia`` is on, i.e. when the strong
+    audit is paid for anyway); ``seeds = M`` (M >= 3) the A2 seed-distribution audit: M more in-process replicas of
+    the whole experiment with training seeds seed+1..seed+M on the same data (``seeds/seed-<s>/``, expensive: M times
+    the FL cost), trained by a step before the audit."""
 
     attacks: list[str] = Field(default_factory=lambda: ["loss"])
     population: int = Field(5000, ge=10, description="RMIA population sample size")

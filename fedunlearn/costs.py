@@ -1,4 +1,5 @@
-"""The cost ledger: what each method and phase spent (design.md: wall time, rounds, client samples, bytes, storage)."""
+"""The cost ledger: what each method and phase spent (docs/design.md: wall time, rounds, client samples, bytes,
+storage)."""
 
 from __future__ import annotations
 

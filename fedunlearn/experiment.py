@@ -2,7 +2,7 @@
 method → the retrain oracle → (audit only) the RMIA reference federations and a second retrain with another seed.
 Transport-agnostic: it talks to a ``Federation`` (Flower on Ray, or in-process).
 
-Withdrawal window (design.md): when client u withdraws its window opens; the methods that declare
+Withdrawal window (docs/design.md): when client u withdraws its window opens; the methods that declare
 ``needs_forget_data`` run first, while it is open; then it closes and the remaining methods run. From then on u is
 never addressed again (the window refuses it) and so its data is never read.
 """

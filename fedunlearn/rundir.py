@@ -1,4 +1,4 @@
-"""The run directory's markers (the first piece of the results contract's owner; design.md "Target layout").
+"""The run directory's markers (the first piece of the results contract's owner; docs/design.md "Target layout").
 
 "The FL part of a run is finished" is an explicit marker in ``phases.json``, written after the last FL phase
 (references and the retrain null included), not inferred from which model files happen to exist."""

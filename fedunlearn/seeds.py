@@ -1,5 +1,5 @@
 """A2 seed replicas: the same experiment with training seeds seed+1..seed+M on the same data, for the
-seed-distribution audit (leakage.md: U-LiRA and the NeurIPS-2023 per-example epsilon need M models of each kind).
+seed-distribution audit (docs/leakage.md: U-LiRA and the NeurIPS-2023 per-example epsilon need M models of each kind).
 
 Why replicas and not more phases of the one simulation: every replica repeats original training -> withdrawal ->
 unlearning -> retrain, and a withdrawal window can never be reopened once closed (the privacy invariant), the update

@@ -1,6 +1,6 @@
 """Member / validation / audit split of each client's partition, and the saved ``partitions.npz`` of a run.
 
-A client trains only on its members. Its held-out records (never trained on) are split once more (leakage.md):
+A client trains only on its members. Its held-out records (never trained on) are split once more (docs/leakage.md):
 - **validation**: the client's own held-out data, which a method may read inside the client's withdrawal window
   (unseen-data outputs, an oracle's threshold, a Gaussian fit, a stop rule);
 - **audit**: read by the audit alone — the calibrated non-members of the client's leakage audit (same distribution,

@@ -141,5 +141,5 @@ class UnlearningMethod(ABC):
 
 
 def default_rounds(share: float, rounds_trained: int) -> int:
-    """``share`` of R rounds, at least 1 (methods.md: e.g. finetune's 10% of R)."""
+    """``share`` of R rounds, at least 1 (docs/methods.md: e.g. finetune's 10% of R)."""
     return max(1, int(round(share * rounds_trained)))

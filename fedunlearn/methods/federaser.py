@@ -4,7 +4,7 @@ Paper: Gaoyang Liu, Xiaoqiang Ma, Yang Yang, Chen Wang, Jiangchuan Liu, "FedEras
 Data Removal from Federated Learning Models", IEEE/ACM IWQoS 2021 (DOI 10.1109/IWQOS52092.2021.9521274; the paper
 has no arXiv version).
 
-Federated split (methods.md):
+Federated split (docs/methods.md):
 - during the original training the server stores, every Δt rounds (``interval``, default 2), the global model and
   every participating client's update U_k(t) = local − global (``fedunlearn.history``, on disk);
 - server: start from the stored global model of the first stored round t_1;

@@ -1,6 +1,6 @@
 """``finetune`` — the naive baseline: continue FedAvg from w_T over the remaining clients.
 
-Shows how much leakage simply fades with more training (methods.md). Default: 10% of R rounds, at least 1.
+Shows how much leakage simply fades with more training (docs/methods.md). Default: 10% of R rounds, at least 1.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class FinetuneParams(MethodParams):
 
 class Finetune(UnlearningMethod):
     name = "finetune"
-    paper = "Naive baseline: continued FedAvg without the withdrawn client (methods.md)"
+    paper = "Naive baseline: continued FedAvg without the withdrawn client (docs/methods.md)"
     summary = "continue FedAvg from w_T over the remaining clients"
     where = {"remaining": "FedAvg rounds from w_T"}
     granularity = ("client", "class")

@@ -5,7 +5,7 @@ Neuron Masking", IEEE Transactions on Dependable and Secure Computing 20(4):3194
 arXiv version, first about user-level memorization in federated learning, lists Yang Liu first and adds Zhongyuan
 Jiang and Philip Yu). A learned mask-gradient generator edits the neurons that hold the forgotten data until a
 membership oracle calls it unknown; defines the forgetting rate; > 90% forgetting rate with < 5% accuracy loss over
-eight datasets. No official code. Our reading (methods.md, with its Corrections), a small learned optimizer:
+eight datasets. No official code. Our reading (docs/methods.md), a small learned optimizer:
 
 1. u, during its withdrawal window, once under w_T (``forsaken_init``): forget set V = D_u, non-member set P = u's
    validation part V_u (never the audit part). From phi(x) = log p_y - log(1 - p_y) (logit-scaled confidence) on P
@@ -35,7 +35,7 @@ eight datasets. No official code. Our reading (methods.md, with its Corrections)
    nearly unchanged (G moves by about its learning rate per step) and the search stalls; it stops once the step
    falls below eta/1024.
 4. Stop when the forgetting rate on V reaches ``target_fr`` (0.9), when F = 0 (every forget record at or below t),
-   or after ``max_steps`` (100). Forgetting rate (leakage.md; Forsaken's FR): after an edit FR = (A_F - B_F) / B_T
+   or after ``max_steps`` (100). Forgetting rate (docs/leakage.md; Forsaken's FR): after an edit FR = (A_F - B_F) / B_T
    with tau fixed on w_T; undefined (NaN, never 0) when B_T = 0.
 5. The server applies the accepted edits (it holds w; u returns g), then ``repair_rounds`` (1) of FedAvg.
 
@@ -129,8 +129,8 @@ STALL = 2.0 ** -10  # stop once ten net halvings of the step have found no edit 
 
 class ForsakenParams(MethodParams):
     eta: float = Field(0.001, gt=0, description="edit step: w <- w - eta * g (halved after a rejected edit, "
-                                                "doubled back after a kept one: our choice; calibrated, methods.md "
-                                                "0.01)")
+                                                "doubled back after a kept one: our choice; calibrated, the first "
+                                                "default was 0.01)")
     lambda_l1: float = Field(0.01, ge=0, description="weight of omega * |g|_1 in G's loss (|g|_1 as the mean "
                                                      "absolute value per coordinate: our choice)")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the generator G")
@@ -227,8 +227,8 @@ class Forsaken(UnlearningMethod):
         "backtracking: a rejected edit halves the step, a kept one doubles it back (at most eta); stop at eta/1024",
         "also stops when F = 0 (every forget record at or below t), besides the forgetting-rate and step limits",
         "oracle threshold tau from all of u's validation part at FPR alpha (0.1), not cross-fitted",
-        "edits touch parameters only, never BatchNorm statistics; then repair_rounds of FedAvg (methods.md)",
-        "defaults eta 0.001, target_quantile 0.3, omega_tol 0.1 by the calibration rule (methods.md: eta 0.01)",
+        "edits touch parameters only, never BatchNorm statistics; then repair_rounds of FedAvg (docs/methods.md)",
+        "defaults eta 0.001, target_quantile 0.3, omega_tol 0.1 by the calibration rule (first default: eta 0.01)",
     )
 
     def __init__(self, params: MethodParams | None = None) -> None:

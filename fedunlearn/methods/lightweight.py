@@ -6,12 +6,12 @@ make it iterate in the direction of the model trained with the remaining data su
 unlearning data to the model is completely eliminated" (15x faster than retraining on five datasets, no extra
 storage). We found no public code and no public text stating the perturbation's law, its scale or the stopping test
 (searched: arXiv/Papers-with-Code/aggregator pages give the abstract only; no repository cites 2111.05528). So
-everything concrete below is our reading (methods.md):
+everything concrete below is our reading (docs/methods.md):
 
 1. Server: w <- w_T + eps, eps_l ~ N(0, (sigma * std(w_T,l))^2) per float parameter tensor l, std over the tensor's
    entries (a tensor whose entries are all equal, e.g. a one-element tensor, gets no noise); BatchNorm running
    statistics and counters are not perturbed (``models.is_float_param``). Seeded by (experiment seed, withdrawn ids).
-   ``sigma`` is the strength knob. The methods.md value 0.05 leaves the model where it was (issue 8: u's A0 AUC
+   ``sigma`` is the strength knob. The first default, 0.05, left the model where it was (issue 8: u's A0 AUC
    0.694 right after the perturbation vs 0.693 under w_T), so the default is to be set by the calibration sweep
    (experiments/); ``sigma = 1`` adds to each tensor noise as large as its own spread. Measured on the quickstart
    (seed 0, u = client 0, the perturbation alone, no training): sigma 0 / 0.05 / 0.25 / 0.5 / 1 / 2 gives test
@@ -26,7 +26,7 @@ everything concrete below is our reading (methods.md):
      its members under w_T (``lightweight_loss``, eval mode, no training);
    - after each training round, while u's withdrawal window is open, u runs ``lightweight_verify``: the A0 statistic
      (AUC of its members' phi against its *validation* part under the current global model) and the null band
-     0.5 +/- max(0.01, 1.96 SE_null) of leakage.md (only scalars leave u);
+     0.5 +/- max(0.01, 1.96 SE_null) of docs/leakage.md (only scalars leave u);
    - in a round where u's AUC is at or below the band's upper edge, one more query round (phase ``query``, round r):
      the remaining clients report their member CE under the current model;
    - stop when both hold: u's AUC at or below the band's upper edge and the remaining clients' example-weighted mean
@@ -89,8 +89,8 @@ log = logging.getLogger(__name__)
 
 class LightweightParams(MethodParams):
     sigma: float = Field(0.5, ge=0, description="perturbation strength: noise std relative to each float tensor's "
-                                                "std (calibrated; methods.md's 0.05 leaves the model where it was; "
-                                                "0 = the finetune ablation)")
+                                                "std (calibrated; the first default, 0.05, left the model where it "
+                                                "was; 0 = the finetune ablation)")
     stop: Literal["verify", "budget"] = Field("verify", description="verify: stop once u's A0 AUC (members vs its "
                                               "validation part) is at or below the null band's upper edge and the "
                                               "remaining clients' loss is back at its pre-perturbation level, while "
@@ -134,7 +134,7 @@ class Lightweight(UnlearningMethod):
     departures = (
         "paper known only by its abstract: the perturbation law (Gaussian, per tensor, sigma x the tensor's std), "
         "the FedAvg iteration and the stop test are our reading",
-        "sigma's default is set by a calibration sweep (methods.md's 0.05 leaves the model where it was)",
+        "sigma's default is set by a calibration sweep (the first default, 0.05, left the model where it was)",
         "verify stop: u's A0 AUC (members vs validation part) <= null-band upper edge AND the remaining clients' "
         "example-weighted member CE <= (1 + loss_tol) x its level under w_T (queried once before perturbing)",
         "the remaining clients' loss is queried (one query round) only in rounds where u's check passes, from all "

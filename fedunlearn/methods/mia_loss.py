@@ -6,7 +6,7 @@ KL term (which pulls the forgotten data's outputs toward those of out-of-sample 
 any privacy-leakage estimate (a membership-inference attack, a fingerprint) can stand in for the attack; a
 Gaussian-based upper bound makes the leak term tractable. What is public to us is the abstract and summaries: no
 code, and no values for the loss weights, the optimizer, its learning rate or the number of epochs. Those below are
-ours (methods.md) and the Field descriptions say so.
+ours (docs/methods.md) and the Field descriptions say so.
 
 Objective: L(theta) = CE(theta; D_r) + lambda_1 * Leak(theta; D_u) + lambda_2 * KL(pbar(D_u) || pbar(V_u)),
 pbar = mean softmax output over a batch, V_u = u's validation part (the paper's unseen data; never the audit part).
@@ -42,7 +42,7 @@ Federated split (each term runs where its data lives):
   clients, without u; the next mixed round starts from the repaired model.
 - Stop rule (``verify``, one query round, u, window open): after the repair, u reports the A0 AUC of its members vs
   its validation part under the repaired model (scalars only); the method stops once it is at or below the null
-  band's upper edge (leakage.md), and returns that repaired model, or after ``rounds`` mixed rounds. Judging before
+  band's upper edge (docs/leakage.md), and returns that repaired model, or after ``rounds`` mixed rounds. Judging before
   the repair (as the first version did) stopped on a model that the repair then moved back toward u (measured on
   the quickstart: AUC 0.609 at the stop, 0.642 returned).
 - Ledger: phases ``fit`` (1 round), ``unlearn`` (1 round per mixed round), ``repair`` (``repair_rounds`` per mixed
@@ -51,7 +51,7 @@ Federated split (each term runs where its data lives):
 
 Leak terms (both differentiable in theta):
 - ``gaussian``: Leak = mean over D_u of softplus(LLR(phi)), LLR = log N(phi; mu_in, sd_in) - log N(phi; mu_out,
-  sd_out). Departure (ours): methods.md says the mean LLR; with unequal variances the LLR is a quadratic that is
+  sd_out). Departure (ours): our first design used the mean LLR; with unequal variances the LLR is a quadratic that is
   unbounded below, so minimising it pushes phi to +-infinity (over-unlearning, the "Streisand" signal).
   softplus(LLR) = -log P(out | phi) for the Bayes attacker with equal priors: about the LLR where a record looks
   like a member, flat near 0 once it looks like a non-member.

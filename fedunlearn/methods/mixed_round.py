@@ -7,7 +7,7 @@ clients (their loss under an edited model). ``MethodRounds`` does that with the 
 (one cost-ledger row per phase, data reads tagged with the phase, rounds.csv rows for aggregated rounds).
 
 The client half: ``leakage_metrics`` (the A0 statistic a withdrawing client reports about itself: AUC of its
-members' logit-scaled confidence phi against its held-out records, and the null band of leakage.md), a
+members' logit-scaled confidence phi against its held-out records, and the null band of docs/leakage.md), a
 differentiable ``phi`` and helpers to carry extra tensors (a generator, an attack model) next to the model weights
 in one message under a key prefix.
 """

@@ -5,7 +5,7 @@ Erase a Client in FL?", 2022, arXiv 2207.05521 (ICML 2022 workshop on updatable 
 notebook github.com/IBM/federated-unlearning (``federated_unlearning.ipynb``, section 4 "Unlearn", with
 ``utils/utils.py``); its settings are our defaults unless said otherwise below.
 
-Federated split (methods.md):
+Federated split (docs/methods.md):
 - server: reference model w_ref = (K·w_T − w_u)/(K − 1), the mean of the other clients' last local models, where
   w_u is u's last local model (the server has it from the last round u took part in; ``UpdateHistory``) and K the
   number of clients aggregated in the last training round (read from the rounds log, else the sampler's size);
@@ -38,12 +38,12 @@ Departures and our choices (each one line in ``PGA.departures``):
   other scale-free reading, a multiple 2.2/0.45 of ‖w_ref − w_u‖², depends on how far u drifted in its last round;
   it gives 0.82 on the quickstart, stopping after 13 steps at u accuracy 0.78.) ``stop_share = 0`` turns it off;
 - the accuracy stop (stop when u's accuracy on D_u falls below ``early_stop_acc`` = 0.1, checked every
-  ``check_every`` steps) is not in the notebook; methods.md asks for it and we keep it as a floor, which the
+  ``check_every`` steps) is not in the notebook; our design keeps it as a floor, which the
   distance stop normally reaches first;
 - w_u travels to u with w_ref in the ascent message (key prefix ``__pga_wu__.``): u computed that model itself in
   its last round, but our clients keep no state between messages, so the ledger counts one more model sent down;
 - post rounds: the notebook runs as many post rounds as training rounds, with local training capped at 51 steps
-  (its training rounds ran full epochs); we keep methods.md's "a few rounds" (the paper's wording), default 10% of
+  (its training rounds ran full epochs); we keep the paper's "a few rounds", default 10% of
   R with the training recipe; ``post_local_epochs`` (our addition) shortens the local training of those rounds;
 - the w_ref formula assumes an unweighted mean over K clients that include u in the last round (as the notebook's
   equal-size parties); with unequal client sizes (FedAvg weights by examples) or when u sat out the last round it
@@ -107,7 +107,7 @@ class PGAParams(MethodParams):
                                           "default); the notebook's stop is NOTEBOOK_STOP_SHARE = 2.2/456.24 "
                                           "(its absolute 2.2 over its 456.24; the relative form is our choice)")
     early_stop_acc: float = Field(0.1, ge=0, le=1, description="stop when u's accuracy on D_u drops below this "
-                                                               "(methods.md; not in the notebook); 0 = off")
+                                                               "(ours; not in the notebook); 0 = off")
     batch_size: int = Field(0, ge=0, description="ascent batch size; 0 = train.batch_size (notebook: its "
                                                  "training batch, 128)")
     check_every: int = Field(1, ge=1, description="steps between accuracy checks on D_u (our choice)")
@@ -292,7 +292,7 @@ class PGA(UnlearningMethod):
         "radius_share × mean distance); the notebook's distance stop on ‖w − w_u‖² added",
         "distance stop: the notebook's absolute 2.2 on ‖w − w_u‖² becomes stop_share × mean squared distance from "
         "w_ref to the random inits, stop_share = 2.2/456.24 (the notebook's own printed ratio)",
-        "accuracy stop (early_stop_acc 0.1, methods.md) kept as a floor; the notebook has none",
+        "accuracy stop (early_stop_acc 0.1, ours) kept as a floor; the notebook has none",
         "w_u is sent to u with w_ref (our clients keep no state): one more model down in the ledger",
         "post rounds: 10% of R with the training recipe (the paper's 'a few rounds'; the notebook runs R rounds of "
         "at most 51 local steps); post_local_epochs is our addition",

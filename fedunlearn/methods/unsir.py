@@ -18,7 +18,7 @@ What the two reference codes do (read, not copied):
   plain-SGD step (lr 0.001) on CE(f(noise), y_retain) + CE(f(x_retain), y_retain): **the noise carries the paired
   retained batch's labels**; two such epochs, then one repair epoch (plain SGD, lr 0.001, batch 64) on retained data.
 
-Federated split (methods.md), chosen by the kind of withdrawal:
+Federated split (docs/methods.md), chosen by the kind of withdrawal:
 - class level (``withdraw.classes``; ``UnlearnJob.forget_classes``):
   1. server, no data: the noise batches as above (model in eval mode, weights frozen);
   2. impair (``unsir_impair``, ``impair_rounds`` FedAvg rounds): each remaining client trains ``impair_epochs`` with
@@ -49,7 +49,7 @@ utility collapsed).
 
 Our choices and departures (one line each in ``UNSIR.departures``):
 - the notebook labels every noise batch class 0 and leaves BatchNorm in train mode; we use the true class and eval
-  mode (methods.md);
+  mode (docs/methods.md);
 - class level: the noise volume scales with each client's retained subset (``noise_ratio``, default the notebook's
   1.28) instead of a fixed 20 x 256 per class, which swamps a client's few hundred records (measured below);
   ``noise_volume = "absolute"`` restores the notebook's ``noise_copies x noise_samples`` per class;
@@ -68,7 +68,7 @@ Our choices and departures (one line each in ``UNSIR.departures``):
   FedAvg weights are the clients' retained-subset sizes;
 - ``profile = "low_lr"`` (1e-4 for impair and repair, as one public reimplementation uses) applies to both modes.
 
-Federated vs central impair (methods.md asks to measure it; ``test_federated_impair_is_weaker_than_central``):
+Federated vs central impair (measured, as our design asked; ``test_federated_impair_is_weaker_than_central``):
 one impair round, 3 remaining clients, compared with one central pass of the same impair over the pooled retained
 subsets and the same noise (batch 32, Adam lr 0.02, noise 64 per class, class 0 forgotten; test accuracy on the
 forgotten / retained classes):
@@ -98,7 +98,7 @@ Measured (``/tmp`` probes, in-process, seed 0 unless said; the audit part never 
   0.551, 0.683. Stronger impair: lr 0.3 x 3 epochs 0.560, 0.830 (11,352); lr 0.2 x 5 epochs 0.578, 0.860; lr 0.3
   x 5 epochs 0.552, 0.862 (16,104), its ablation 0.638, 0.832 — the noise, not the extra training, lowers the AUC;
   lr 0.4 x 3 epochs (2 repair rounds) 0.524 but test 0.66; noise fitted harder (20 Adam steps, lr 0.1) with lr
-  0.3 x 3 epochs collapses utility (test 0.17). Equivalence with retrain needs the calibration (methods.md).
+  0.3 x 3 epochs collapses utility (test 0.17). Equivalence with retrain needs the calibration (docs/methods.md).
 
 Defaults calibrated (``experiments/calibrate.py``, ``experiments/calibration.json``): on the development setting
 (quickstart, seeds 0-2, client 0 withdrawn, in-process) the default is the cheapest grid point equivalent to retrain

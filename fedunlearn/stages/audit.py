@@ -6,7 +6,7 @@ The auditor is an omniscient measuring instrument, not a participant: plain PyTo
 client records are still noted in the data-access ledger (purpose ``audit``). Re-running it (``fedunlearn audit``)
 reuses the cached signals, so another attack costs no inference.
 
-What is audited (leakage.md): every model in ``models/`` named ``original``, a configured method, or ``retrain``,
+What is audited (docs/leakage.md): every model in ``models/`` named ``original``, a configured method, or ``retrain``,
 for every client and attack. ``models/reference_{a,b}.pt`` (RMIA's reference federations) and
 ``models/retrain_null.pt`` (a second retrain with another seed) are instruments, not audited models: the first two
 feed RMIA, the last gives the false-alarm level of every comparison with retrain.

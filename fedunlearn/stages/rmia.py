@@ -1,5 +1,5 @@
-"""RMIA's instruments (Zarifzadeh et al., ICML 2024, offline; leakage.md A1): the two reference federations saved in
-the run, the population sample Z of audit and test records, and the tuned ``a``."""
+"""RMIA's instruments (Zarifzadeh et al., ICML 2024, offline; docs/leakage.md A1): the two reference federations
+saved in the run, the population sample Z of audit and test records, and the tuned ``a``."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ PER_CLIENT_BASE = ["model", "client", "withdrawn", "attack", "n_member", "n_nonm
                    "delta_auc_vs_retrain"]
 PER_CLIENT_EXTRA = ["delta_auc_vs_original", "p_vs_retrain", "p_vs_original", "significant_vs_retrain",
                     "significant_vs_original"]
-#: per_client.csv: the 15 contract columns of design.md, then the comparison columns.
+#: per_client.csv: the 15 contract columns of docs/design.md, then the comparison columns.
 PER_CLIENT_COLUMNS = PER_CLIENT_BASE + PER_CLIENT_EXTRA
 VULNERABLE_COLUMNS = ["client", "record", "model", "attack", "score", "rank"]
 

@@ -123,7 +123,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         "RMS of retrain-vs-retrain ΔAUC over every client and null seed (audit.retrain_null, audit.null_seeds); above "
         "it under-unlearned (still leaks), below it over-unlearned; for the difference attack the direction flips (a "
         "larger before/after change than retrain's = over-unlearned); 'no margin' without a null; retrain is exact. "
-        "never_seen: inside / above / below the 0.5 null band of leakage.md (membership attacks only)")
+        "never_seen: inside / above / below the 0.5 null band of docs/leakage.md (membership attacks only)")
     summary["verdicts"] = {m: {a: {"verdict": e["leakage"][a]["verdict"], "never_seen": e["leakage"][a]["never_seen"],
                                    "closer_to": e["leakage"][a]["closer_to"]}
                                for a in attacks if a in e["leakage"]}
@@ -162,7 +162,7 @@ def forget_sets(cfg, parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def withdrawn_forgetting(orig: ModelSignals, model: ModelSignals, w_mem: np.ndarray, w_hold: np.ndarray,
                          alpha: float) -> dict:
-    """Forsaken's forgetting rate of the withdrawn members, threshold fixed on the original model (leakage.md)."""
+    """Forsaken's forgetting rate of the withdrawn members, threshold fixed on the original model (docs/leakage.md)."""
     hold = orig.pool.phi[w_hold]
     before, _ = a0_decisions(orig.pool.phi[w_mem], hold, alpha)
     after, _ = a0_decisions(model.pool.phi[w_mem], hold, alpha)

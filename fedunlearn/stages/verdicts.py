@@ -1,5 +1,5 @@
 """Verdicts on the withdrawn clients' leakage: against retrain by the retrain-vs-retrain equivalence margin, and
-"as if never seen" by the 0.5 null band (leakage.md "What good looks like")."""
+"as if never seen" by the 0.5 null band (docs/leakage.md "What good looks like")."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def retrain_verdict(attack: str, delta: float, margin: float) -> str:
 
 
 def never_seen_verdict(attack: str, value: float, band: tuple[float, float]) -> str | None:
-    """"As if never seen": the AUC inside the 0.5 null band of leakage.md ('inside'), above it ('under-unlearned')
+    """"As if never seen": the AUC inside the 0.5 null band of docs/leakage.md ('inside'), above it ('under-unlearned')
     or below it ('over-unlearned'); None for before/after attacks, which are not 0.5 even under retrain."""
     if "original" in ATTACKS.get(attack).needs:
         return None

@@ -118,5 +118,5 @@ def test_params_round_trip_through_toml(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path).unlearn.params("federaser") == p
-    defaults = load_config(None, TINY + [METHODS]).unlearn.params("federaser")  # methods.md's defaults
+    defaults = load_config(None, TINY + [METHODS]).unlearn.params("federaser")  # docs/methods.md's defaults
     assert defaults == FedEraserParams(interval=2, calibration_ratio=0.5)

@@ -34,7 +34,7 @@ LEAKY = ("train.rounds=3", "train.local_epochs=8", "model.hidden=[128]", "train.
 CPU = torch.device("cpu")
 
 
-#: the mechanism tests pin methods.md's step and the median target (the calibrated defaults are smaller and lower)
+#: the mechanism tests pin docs/methods.md's step and the median target (the calibrated defaults are smaller and lower)
 MECHANISM = {"eta": 0.01, "target_quantile": 0.5}
 
 

@@ -130,7 +130,8 @@ def test_class_level_unsir_forgets_the_class(short):
 
 
 def test_federated_impair_is_weaker_than_central(short):
-    """methods.md: FedAvg weakens a high-lr impair compared with one central pass (finding in unsir's docstring)."""
+    """FedAvg weakens a high-lr impair compared with one central pass (docs/methods.md; finding in unsir's
+    docstring)."""
     from fedunlearn.methods.unsir import impair_train, noise_count
 
     tf, w_t = short
