@@ -34,8 +34,9 @@ def reference_halves(pids: list[int], withdrawn: list[int], seed: int) -> tuple[
     """RMIA's two reference federations: a seeded random half of the clients that never withdrew, and the rest.
 
     Withdrawn clients are in NEITHER half: their windows are closed by the time the references train, so they cannot
-    be addressed. That is still valid for RMIA: their records are OUT for both references, so either may serve as
-    the reference that excludes them (the audit uses reference A). Half A gets the odd client.
+    be addressed. That is still valid for RMIA: their records are OUT for both references, so both serve as the
+    references that exclude them (the audit uses the mean of both, as RMIA averages its OUT references). Half A gets
+    the odd client.
     """
     gone = set(withdrawn)
     eligible = np.array(sorted(p for p in pids if p not in gone), dtype=np.int64)
