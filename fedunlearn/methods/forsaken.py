@@ -218,8 +218,8 @@ class Forsaken(UnlearningMethod):
     departures = (
         "objective: per-record one-sided hinge mean relu(phi(x) - t) over D_u, not a KL of set-mean softmax outputs "
         "(that measured the label mix and moved the non-members; fix of issue 8)",
-        "non-member target t: the target_quantile (0.5) quantile of phi on u's validation part under w_T, a fixed "
-        "float; no gradient reaches validation records, which are read only once, under w_T",
+        "non-member target t: the target_quantile (calibrated: 0.3) quantile of phi on u's validation part under "
+        "w_T, a fixed float; no gradient reaches validation records, which are read only once, under w_T",
         "utility guard in the acceptance rule: an edit is kept only if omega(w') <= omega(w_T) + omega_tol",
         "G is coordinate-wise (features: gradient, weight, |weight|, RMS-scaled) and emits a mask over the "
         "normalized gradient, so each edit is a masked descent step",

@@ -18,7 +18,8 @@ Federated split (docs/methods.md):
   cross-entropy over D_u from w_ref, for up to ``epochs`` = 5 epochs; after every step the model is projected
   back onto the L2 ball of radius δ around w_ref, and then the **distance stop** of the notebook is tested: stop
   as soon as ‖w − w_u‖² (squared, to u's own last local model) exceeds the stop threshold (the step is kept);
-- remaining clients: ``post_rounds`` FedAvg rounds from the result (default 10% of R, at least 1).
+- remaining clients: ``post_rounds`` FedAvg rounds from the result (calibrated default: 2 rounds of 2 local epochs;
+  0 = 10% of R, at least 1).
 
 Measured (quickstart, seed 0, client 0, the ascent alone; issue 8): without momentum its 25 steps moved the model
 0.22 from w_ref (old radius 6.96) and u's member accuracy fell 0.98 → 0.89 (test accuracy 0.83 → 0.81); with
@@ -294,8 +295,8 @@ class PGA(UnlearningMethod):
         "w_ref to the random inits, stop_share = 2.2/456.24 (the notebook's own printed ratio)",
         "accuracy stop (early_stop_acc 0.1, ours) kept as a floor; the notebook has none",
         "w_u is sent to u with w_ref (our clients keep no state): one more model down in the ledger",
-        "post rounds: 10% of R with the training recipe (the paper's 'a few rounds'; the notebook runs R rounds of "
-        "at most 51 local steps); post_local_epochs is our addition",
+        "post rounds: a few FedAvg rounds with the training recipe (the paper's 'a few rounds'; the notebook runs R "
+        "rounds of at most 51 local steps); post_local_epochs is our addition; both calibrated (2 rounds of 2 epochs)",
         "w_ref assumes an unweighted mean over the last round's K clients including u (logged when u sat it out)",
         "random inits are seeded; BatchNorm running statistics are left out of distances and the projection",
         "several withdrawn clients ascend one after another in the same ball, each stopped by its own w_u",
