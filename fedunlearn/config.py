@@ -6,8 +6,10 @@ is written to the run directory as ``config.toml`` and is the only thing the cli
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,10 +27,13 @@ def _known(registry: Registry[Any], name: str) -> str:
     return name
 
 
-class Strict(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment too."""
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment too, and types are
+    strict (``train.rounds = true`` is not 1 round; an int still serves where a float is expected)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
 
 
 class DataConfig(Strict):
@@ -37,7 +42,7 @@ class DataConfig(Strict):
     download: bool = False
     path: str = Field("", description="npz file with arrays x and y (dataset = 'npz')")
     # make_classification (dataset = "synthetic")
-    samples: int = Field(4000, ge=20)
+    samples: int = Field(4000, ge=20, le=10**8)
     features: int = Field(100, ge=2)
     informative: int = Field(20, ge=1)
     classes: int = Field(10, ge=2)
@@ -49,7 +54,7 @@ class DataConfig(Strict):
     alpha: float = Field(0.5, gt=0)
     min_size: int = Field(10, ge=2, description="dirichlet: minimum records per client")
     shards_per_client: int = Field(2, ge=1)
-    clients: int = Field(10, ge=2)
+    clients: int = Field(10, ge=2, le=100_000)
     holdout: float = Field(0.2, gt=0, lt=1, description="share of each client's data kept out of training")
     validation: float = Field(0.25, gt=0, lt=1, description="share of each client's held-out records in its "
                               "validation part (methods may read it inside the withdrawal window); the rest is "
@@ -82,7 +87,8 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     name: str = Field("mlp", description="mlp | cnn | resnet")
-    hidden: list[int] = Field(default_factory=lambda: [256, 256], description="mlp hidden widths")
+    hidden: list[Annotated[int, Field(ge=1, le=65_536)]] = Field(default_factory=lambda: [256, 256],
+                                                                description="mlp hidden widths (each 1..65536)")
 
     @field_validator("name")
     @classmethod
@@ -93,13 +99,13 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
-    rounds: int = Field(30, ge=1)
+    rounds: int = Field(30, ge=1, le=100_000)
     fraction: float = Field(1.0, gt=0, le=1, description="share of eligible clients sampled per round, in (0, 1]")
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int = Field(1, ge=1, le=10_000)
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=10**7)
     max_failure_share: float = Field(0.0, ge=0, lt=1,
                                      description="a round fails only past this share of failed clients")
 
@@ -110,6 +116,13 @@ class WithdrawConfig(Strict):
                                                                  "client's data (then clients = [])")
     round: int | Literal["end"] = Field("end", description='"end" or a round number (withdrawal mid-training)')
 
+    @field_validator("round", mode="before")
+    @classmethod
+    def _round_or_end(cls, v: object) -> object:
+        if v != "end" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f'{v!r} not allowed; allowed: a round number or "end"')
+        return v
+
     @property
     def by_class(self) -> bool:
         return bool(self.classes)
@@ -118,7 +131,7 @@ class WithdrawConfig(Strict):
 class UnlearnConfig(BaseModel):
     """``methods`` plus one optional ``[unlearn.<method>]`` table of hyperparameters per method."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     methods: list[str] = Field(default_factory=lambda: ["retrain"])
 
     @field_validator("methods")
@@ -146,7 +159,7 @@ class UnlearnConfig(BaseModel):
             try:
                 setattr(self, key, params_cls.model_validate(value or {}))
             except ValidationError as err:
-                raise ValueError(_format_errors(err, prefix=f"unlearn.{key}.")) from None
+                raise ValueError(_format_errors(err, prefix=f"unlearn.{key}.", model=params_cls)) from None
         return self
 
     def params(self, method: str) -> BaseModel:
@@ -220,8 +233,17 @@ class SimConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "experiment"
-    seed: int = 0
+    name: str = Field("experiment", description="the run directory's name prefix: letters, digits, '.', '_', '-'")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        """The name becomes a directory under runs/: no path separators, no '..', nothing hidden or empty."""
+        if not _NAME.fullmatch(v) or ".." in v:
+            raise ValueError(f"{v!r} not allowed; allowed: letters, digits, '.', '_', '-' (not starting with '.' or "
+                             "'-', no '..', no path separators), e.g. quickstart")
+        return v
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -280,13 +302,28 @@ class ExperimentConfig(Strict):
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def _format_errors(err: ValidationError, prefix: str = "") -> str:
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config model (sections recursed), for "did you mean" suggestions."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+            close = difflib.get_close_matches(loc, _known_keys(model or ExperimentConfig), n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {prefix}{close[0]}?"
         if loc and msg.startswith(f"{loc}."):  # a nested table already named its own location
             parts.append(msg)
         else:

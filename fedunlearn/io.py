@@ -13,6 +13,24 @@ from typing import Any, BinaryIO
 import numpy as np
 
 
+def _read_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: result files get the mode a plain ``open(path, "w")`` would give them (0644 under umask 022), not mkstemp's 0600,
+#: so collaborators can read a run directory
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +40,7 @@ def _atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 
 class MethodParams(BaseModel):
-    """Base of every method's hyperparameters: unknown keys rejected."""
+    """Base of every method's hyperparameters: unknown keys rejected, strict types (``epochs = true`` is refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass

@@ -74,6 +74,8 @@ def test_set_parses_toml_values() -> None:
         (["--set", 'data.dataset="npz"', "--set", 'data.path="missing.npz"'], "data.path"),
         (["--set", 'data.dataset="mnist"'], "data.data_dir"),
         (["--set", "nonsense"], "--set"),
+        (["--set", 'name="../../x"'], "name: '../../x' not allowed"),
+        (["--set", "train.rounds=true"], "train.rounds"),
     ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch, args: list[str], needle: str) -> None:
@@ -112,6 +114,45 @@ def test_resolved_config_round_trips_strings_with_newlines_and_control_character
 
     cfg = load_config(None)
     data = cfg.model_dump(mode="json")
-    data["name"] = 'line one\nline "two"\t\x01 end\\'
+    data["data"]["data_dir"] = 'line one\nline "two"\t\x01 end\\'
     cfg = ExperimentConfig.model_validate(data)
     assert ExperimentConfig.model_validate(tomllib.loads(to_toml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ('name="../../x"', "name: '../../x' not allowed; allowed: letters, digits"),
+        ('name="a/b"', "name: 'a/b' not allowed"),
+        ('name=".hidden"', "name: '.hidden' not allowed"),
+        ("train.rounds=true", "train.rounds: Input should be a valid integer"),
+        ("model.hidden=[0]", "model.hidden.0: Input should be greater than or equal to 1"),
+        ("train.rounds=1000000000000", "train.rounds: Input should be less than or equal to 100000"),
+        ('withdraw.round="start"', "withdraw.round: 'start' not allowed; allowed: a round number or \"end\""),
+        ("withdraw.round=true", "withdraw.round: True not allowed"),
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("train.epochs=3", "train.epochs: unknown key; did you mean train.local_epochs?"),
+        ("unlearn.pga.lrr=0.1", "unlearn.pga.lrr: unknown key; did you mean unlearn.pga.lr?"),
+        ("unlearn.pga.epochs=true", "unlearn.pga.epochs: Input should be a valid integer"),
+    ],
+)
+def test_values_that_must_be_refused_with_one_clear_line(override: str, needle: str) -> None:
+    """Issue 11 (items 7 and 9): unsafe names, bools taken as numbers, absurd sizes, pydantic union internals, and an
+    unknown key without a suggestion."""
+    cfg = ['unlearn.methods=["retrain","pga"]'] if override.startswith("unlearn.pga") else []
+    with pytest.raises(ConfigError) as info:
+        load_config(None, cfg + [override])
+    msg = str(info.value)
+    assert needle in msg and "\n" not in msg and "function-" not in msg and "literal[" not in msg, msg
+
+
+def test_result_files_honour_the_umask(tmp_path: Path) -> None:
+    """Atomic writes give result files the mode the umask gives any new file (0644 under 022), not mkstemp's 0600."""
+    import os
+
+    from fedunlearn.io import FILE_MODE, atomic_write_text
+
+    old = os.umask(0o022)
+    os.umask(old)
+    path = atomic_write_text(tmp_path / "x.txt", "x")
+    assert path.stat().st_mode & 0o777 == FILE_MODE == 0o666 & ~old
