@@ -18,6 +18,20 @@ from rich.table import Table
 from fedunlearn.errors import ConfigError, FedUnlearnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fedunlearn import __version__
+
+        console.print(f"fedunlearn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Federated-unlearning simulator."""
 console = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI get the whole table
 err_console = Console(stderr=True)
 

@@ -369,10 +369,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config: {p} is a directory; allowed: a TOML file, e.g. experiments/quickstart.toml")
         if not p.is_file():
             raise ConfigError(f"config: file not found: {p}")
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config: {p} is not UTF-8 text ({err.reason} at byte {err.start})") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config: {p} is not valid TOML: {err}") from None
     apply_overrides(data, overrides or [])

@@ -156,3 +156,20 @@ def test_result_files_honour_the_umask(tmp_path: Path) -> None:
     os.umask(old)
     path = atomic_write_text(tmp_path / "x.txt", "x")
     assert path.stat().st_mode & 0o777 == FILE_MODE == 0o666 & ~old
+
+
+def test_config_path_problems_are_one_line_each(tmp_path: Path) -> None:
+    """Issue 11 item 8: a directory is "a directory", not "not found"; a non-UTF-8 file says so (both exit 2)."""
+    res = CliRunner().invoke(app, ["run", str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'name = "\xff"\n')
+    res = CliRunner().invoke(app, ["run", str(bad)])
+    assert res.exit_code == 2 and "is not UTF-8 text" in res.output and "Traceback" not in res.output
+
+
+def test_cli_version() -> None:
+    from fedunlearn import __version__
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"fedunlearn {__version__}"
