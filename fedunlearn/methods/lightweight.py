@@ -12,9 +12,9 @@ everything concrete below is our reading (docs/methods.md):
    entries (a tensor whose entries are all equal, e.g. a one-element tensor, gets no noise); BatchNorm running
    statistics and counters are not perturbed (``models.is_float_param``). Seeded by (experiment seed, withdrawn ids).
    ``sigma`` is the strength knob. The first default, 0.05, left the model where it was (issue 8: u's A0 AUC
-   0.694 right after the perturbation vs 0.693 under w_T), so the default is to be set by the calibration sweep
-   (experiments/); ``sigma = 1`` adds to each tensor noise as large as its own spread. Measured on the quickstart
-   (seed 0, u = client 0, the perturbation alone, no training): sigma 0 / 0.05 / 0.25 / 0.5 / 1 / 2 gives test
+   0.694 right after the perturbation vs 0.693 under w_T), so the default is set by the calibration sweep below
+   (experiments/calibrate.py); ``sigma = 1`` adds to each tensor noise as large as its own spread. Measured on the
+   quickstart (seed 0, u = client 0, the perturbation alone, no training): sigma 0 / 0.05 / 0.25 / 0.5 / 1 / 2 gives test
    accuracy 0.832 / 0.832 / 0.822 / 0.793 / 0.668 / 0.327, u's member accuracy 0.99 / 0.99 / 0.98 / 0.92 / 0.86 /
    0.32 and the remaining clients' mean member CE 0.048 / 0.049 / 0.074 / 0.147 / 0.592 / 5.65; u's AUC against its
    validation part moves little below sigma = 2 (0.62 / 0.62 / 0.64 / 0.65 / 0.63 / 0.54): noise lowers every
@@ -80,9 +80,9 @@ from torch import nn
 
 from fedunlearn.client import ClientRuntime, StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
-from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi
+from fedunlearn.methods.mixed_round import MethodRounds, member_loss_step, self_leakage_step
 from fedunlearn.models import Weights, get_weights, is_float_param
-from fedunlearn.training import batches, evaluate, seed_for, sgd, train_epochs
+from fedunlearn.training import batches, seed_for, sgd, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,6 @@ class Lightweight(UnlearningMethod):
     departures = (
         "paper known only by its abstract: the perturbation law (Gaussian, per tensor, sigma x the tensor's std), "
         "the FedAvg iteration and the stop test are our reading",
-        "sigma's default is set by a calibration sweep (the first default, 0.05, left the model where it was)",
         "verify stop: u's A0 AUC (members vs validation part) <= null-band upper edge AND the remaining clients' "
         "example-weighted member CE <= (1 + loss_tol) x its level under w_T (queried once before perturbing)",
         "the remaining clients' loss is queried (one query round) only in rounds where u's check passes, from all "
@@ -143,8 +142,8 @@ class Lightweight(UnlearningMethod):
         "BatchNorm running statistics are not perturbed; a tensor with zero spread gets no noise",
         "kl variant: D_ref = noise drawn by u with D_u's per-feature moments; mixed FedAvg rounds weighted by "
         "examples",
-        "sigma default 0.5 by the calibration rule's fallback (the rule was not met: no grid point was equivalent to "
-        "retrain at >= 0.98x its test accuracy)",
+        "sigma default 0.5 by the calibration rule's fallback (the first default, 0.05, left the model where it was; "
+        "the rule was not met: no grid point was equivalent to retrain at >= 0.98x its test accuracy)",
     )
 
     def __init__(self, params: MethodParams | None = None) -> None:
@@ -229,15 +228,6 @@ def _pooled(before: dict[int, tuple[float, int]], now: dict[int, tuple[float, in
 # --------------------------------------------------------------------------------------------- client steps
 
 
-def verify_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """u's self-check: A0 AUC of its members vs its validation part under the sent model (scalars only leave)."""
-    xm, ym = rt.read("member")
-    xh, yh = rt.read("validation")
-    model = rt.model(weights)
-    metrics = leakage_metrics(model_phi(model, xm, ym, rt.device), model_phi(model, xh, yh, rt.device))
-    return StepOutput(None, {**metrics, "num-examples": float(len(xm)), "samples": float(len(xm) + len(xh))})
-
-
 def kl_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """u: SGD on KL(p(x) || p(n)) for forget records x and moment-matched noise inputs n (kl variant)."""
     tc = rt.cfg.train
@@ -284,13 +274,5 @@ def ce_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any])
                                            "loss": res.loss, "accuracy": res.accuracy})
 
 
-def loss_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """Remaining client (verify): the mean CE of its members under the sent model, eval mode, no training."""
-    x, y = rt.read("member")
-    loss, acc = evaluate(rt.model(weights), x, y, rt.device)
-    return StepOutput(None, {"loss": loss, "accuracy": acc, "num-examples": float(len(x)),
-                             "samples": float(len(x))})
-
-
-Lightweight.client_steps = {"lightweight_verify": verify_step, "lightweight_kl": kl_step,
-                            "lightweight_ce": ce_step, "lightweight_loss": loss_step}
+Lightweight.client_steps = {"lightweight_verify": self_leakage_step, "lightweight_kl": kl_step,
+                            "lightweight_ce": ce_step, "lightweight_loss": member_loss_step}

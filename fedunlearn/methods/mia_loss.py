@@ -79,7 +79,14 @@ from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
 from fedunlearn.federation import ClientReply
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
-from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi, phi, split_extras, with_extras
+from fedunlearn.methods.mixed_round import (
+    MethodRounds,
+    leakage_metrics,
+    phi,
+    self_leakage_step,
+    split_extras,
+    with_extras,
+)
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.rounds import check_failure_share, weighted_average
 from fedunlearn.training import batches, logits
@@ -360,14 +367,5 @@ def ce_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any])
     return local_sgd(rt, weights, seed_label="ce")
 
 
-def verify_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """u's stop check: A0 AUC of its members vs its validation part under the sent model (only scalars leave)."""
-    xm, ym = rt.read("member")
-    xh, yh = rt.read("validation")
-    model = rt.model(weights)
-    metrics = leakage_metrics(model_phi(model, xm, ym, rt.device), model_phi(model, xh, yh, rt.device))
-    return StepOutput(None, {**metrics, "num-examples": float(len(xm)), "samples": float(len(xm) + len(xh))})
-
-
 MiaLoss.client_steps = {"mia_loss_fit": fit_step, "mia_loss_forget": forget_step, "mia_loss_ce": ce_step,
-                        "mia_loss_verify": verify_step}
+                        "mia_loss_verify": self_leakage_step}

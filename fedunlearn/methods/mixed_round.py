@@ -7,9 +7,10 @@ clients (their loss under an edited model). ``MethodRounds`` does that with the 
 (one cost-ledger row per phase, data reads tagged with the phase, rounds.csv rows for aggregated rounds).
 
 The client half: ``leakage_metrics`` (the A0 statistic a withdrawing client reports about itself: AUC of its
-members' logit-scaled confidence phi against its held-out records, and the null band of docs/leakage.md), a
-differentiable ``phi`` and helpers to carry extra tensors (a generator, an attack model) next to the model weights
-in one message under a key prefix.
+members' logit-scaled confidence phi against its validation part, and the null band of docs/leakage.md), a
+differentiable ``phi``, two client steps these methods share (``self_leakage_step``: u's A0 check;
+``member_loss_step``: a remaining client's member CE under a model) and helpers to carry extra tensors (a
+generator, an attack model) next to the model weights in one message under a key prefix.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,12 +27,13 @@ from torch import nn
 
 from fedunlearn.audit.metrics import auc, null_band
 from fedunlearn.audit.signals import phi_from_logits
+from fedunlearn.client import ClientRuntime, StepOutput
 from fedunlearn.costs import Cost
 from fedunlearn.errors import PhaseFailed
 from fedunlearn.federation import ClientReply, Scalar
 from fedunlearn.models import Weights
 from fedunlearn.rounds import FedAvgRounds, check_failure_share, sample_clients, weighted_average
-from fedunlearn.training import logits, seed_for
+from fedunlearn.training import evaluate, logits, seed_for
 
 if TYPE_CHECKING:
     from fedunlearn.methods.base import UnlearnJob
@@ -163,6 +165,24 @@ def leakage_metrics(phi_member: np.ndarray, phi_holdout: np.ndarray) -> dict[str
 def model_phi(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> np.ndarray:
     """phi of each record under ``model`` (eval mode, float64)."""
     return phi_from_logits(logits(model, x, device), y)
+
+
+def self_leakage_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
+    """u's stop check (lightweight's ``verify``, ReMI's stop rule): the A0 statistic of its members against its
+    validation part under the sent model; only scalars leave u."""
+    xm, ym = rt.read("member")
+    xh, yh = rt.read("validation")
+    model = rt.model(weights)
+    metrics = leakage_metrics(model_phi(model, xm, ym, rt.device), model_phi(model, xh, yh, rt.device))
+    return StepOutput(None, {**metrics, "num-examples": float(len(xm)), "samples": float(len(xm) + len(xh))})
+
+
+def member_loss_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
+    """A remaining client's query: the mean CE of its members under the sent model (eval mode, no training)."""
+    x, y = rt.read("member")
+    loss, acc = evaluate(rt.model(weights), x, y, rt.device)
+    return StepOutput(None, {"loss": loss, "accuracy": acc, "num-examples": float(len(x)),
+                             "samples": float(len(x))})
 
 
 def split_extras(weights: Weights, prefix: str) -> tuple[Weights, Weights]:
