@@ -11,12 +11,12 @@ everything concrete below is our reading (docs/methods.md):
 1. Server: w <- w_T + eps, eps_l ~ N(0, (sigma * std(w_T,l))^2) per float parameter tensor l, std over the tensor's
    entries (a tensor whose entries are all equal, e.g. a one-element tensor, gets no noise); BatchNorm running
    statistics and counters are not perturbed (``models.is_float_param``). Seeded by (experiment seed, withdrawn ids).
-   ``sigma`` is the strength knob. The first default, 0.05, left the model where it was (issue 8: u's A0 AUC
-   0.694 right after the perturbation vs 0.693 under w_T), so the default is set by the calibration sweep below
+   ``sigma`` is the strength knob. The first default, 0.05, left the model where it was (issue 8: u's A0 AUC 0.694
+   right after the perturbation vs 0.693 under w_T), so the default is set by the calibration sweep below
    (experiments/calibrate.py); ``sigma = 1`` adds to each tensor noise as large as its own spread. Measured on the
-   quickstart (seed 0, u = client 0, the perturbation alone, no training): sigma 0 / 0.05 / 0.25 / 0.5 / 1 / 2 gives test
-   accuracy 0.832 / 0.832 / 0.822 / 0.793 / 0.668 / 0.327, u's member accuracy 0.99 / 0.99 / 0.98 / 0.92 / 0.86 /
-   0.32 and the remaining clients' mean member CE 0.048 / 0.049 / 0.074 / 0.147 / 0.592 / 5.65; u's AUC against its
+   quickstart (seed 0, u = client 0, the perturbation alone, no training): sigma 0 / 0.05 / 0.25 / 0.5 / 1 / 2 gives
+   test accuracy 0.832 / 0.832 / 0.822 / 0.793 / 0.668 / 0.327, u's member accuracy 0.99 / 0.99 / 0.98 / 0.92 / 0.86
+   / 0.32 and the remaining clients' mean member CE 0.048 / 0.049 / 0.074 / 0.147 / 0.592 / 5.65; u's AUC against its
    validation part moves little below sigma = 2 (0.62 / 0.62 / 0.64 / 0.65 / 0.63 / 0.54): noise lowers every
    record's confidence, members and non-members alike, and the FedAvg rounds after it do the forgetting.
 2. Remaining clients: FedAvg rounds from w with the training recipe (phase ``finetune``).
