@@ -39,6 +39,7 @@ import numpy as np
 from fedunlearn.audit.metrics import auc, equivalence_margin, equivalence_verdict
 from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.config import load_config
+from fedunlearn.costs import CostLedger
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.experiment import RETRAIN_NULL
 from fedunlearn.inprocess import InProcessFederation
@@ -174,11 +175,7 @@ def main() -> None:
     t_all = time.perf_counter()
     bases = {s: base_run(args.config, s, args.overrides, args.work) for s in args.seeds}
     judges = {s: Judge(b, dev_config(args.config, s, args.overrides)) for s, b in bases.items()}
-    retrain_samples = {}
-    for s, b in bases.items():
-        from fedunlearn.costs import CostLedger
-
-        retrain_samples[s] = CostLedger.load(b / "ledger.csv").total("retrain").client_samples
+    retrain_samples = {s: CostLedger.load(b / "ledger.csv").total("retrain").client_samples for s, b in bases.items()}
     result: dict[str, Any] = {
         "setting": {"config": str(args.config), "seeds": args.seeds, "overrides": args.overrides,
                     "withdrawn": judges[args.seeds[0]].cfg.withdraw.clients, "backend": "inprocess"},

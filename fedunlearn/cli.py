@@ -166,10 +166,9 @@ def audit(
                 ATTACKS.get(a.strip(), "--attacks")
         from fedunlearn.stages.audit import run_audit
         from fedunlearn.stages.report import write_report
+        from fedunlearn.stages.seed_replicas import seed_count
 
-        m = cfg.audit.seeds if seeds is None else seeds
-        if m in (1, 2) or m < 0:
-            raise ConfigError(f"--seeds: {m} not allowed; allowed: 0 (off) or >= 3")
+        m = seed_count(cfg, seeds)
         if m:  # the replicas step first (trained once, in-process); the audit then only reads saved models
             from fedunlearn.seeds import train_seed_runs
 

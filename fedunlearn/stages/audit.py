@@ -38,7 +38,7 @@ from fedunlearn.stages.scoring import (
     write_per_client,
     write_rows,
 )
-from fedunlearn.stages.seed_replicas import saved_seed_runs, seed_audit
+from fedunlearn.stages.seed_replicas import saved_seed_runs, seed_audit, seed_count
 from fedunlearn.stages.summary import build_summary, comparison_summary, retrain_null_summary
 from fedunlearn.stages.verdicts import equivalence_margins
 
@@ -60,9 +60,7 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.toml")
     attacks = attacks or cfg.audit.attacks
-    seeds = cfg.audit.seeds if seeds is None else seeds
-    if seeds in (1, 2) or seeds < 0:
-        raise ConfigError(f"--seeds: {seeds} not allowed; allowed: 0 (off) or >= 3")
+    seeds = seed_count(cfg, seeds)
     parts = load_partitions(run_dir / "partitions.npz")
     if not fl_finished(run_dir):
         raise ConfigError(f"run directory: {run_dir} is not finished (its FL phases are not all done); continue it "

@@ -16,6 +16,16 @@ from fedunlearn.stages.scoring import write_rows
 from fedunlearn.stages.summary import forget_sets
 
 
+def seed_count(cfg, seeds: int | None) -> int:  # noqa: ANN001 - ExperimentConfig
+    """The A2 replica count asked for (``--seeds``, else the run's ``audit.seeds``), checked: 0 (off) or >= 3."""
+    from fedunlearn.errors import ConfigError
+
+    m = cfg.audit.seeds if seeds is None else seeds
+    if m in (1, 2) or m < 0:
+        raise ConfigError(f"--seeds: {m} not allowed; allowed: 0 (off) or >= 3")
+    return m
+
+
 def seed_run_dir(run_dir: Path, seed: int) -> Path:
     """Where the A2 replica with training seed ``seed`` of ``run_dir`` lives."""
     return Path(run_dir) / "seeds" / f"seed-{seed}"
