@@ -172,10 +172,11 @@ def mean_sq_distance(reference: Weights, inits: list[Weights]) -> float:
     return float(np.mean([sq_distance(reference, w0) for w0 in inits]))
 
 
-def ball_radius(reference: Weights, inits: list[Weights], share: float) -> float:
-    """δ = sqrt(share · mean squared distance to random inits): the notebook's threshold ``mean(d²)/3`` is a bound
-    on the squared distance and its projection rescales to ``sqrt(threshold)``."""
-    return float(np.sqrt(share * mean_sq_distance(reference, inits)))
+def ball_radius(yardstick: float, share: float) -> float:
+    """δ = sqrt(share · yardstick), the yardstick being ``mean_sq_distance`` to random inits: the notebook's
+    threshold ``mean(d²)/3`` is a bound on the squared distance and its projection rescales to
+    ``sqrt(threshold)``."""
+    return float(np.sqrt(share * yardstick))
 
 
 # ----------------------------------------------------------------------------------------- client step
@@ -357,7 +358,7 @@ class PGA(UnlearningMethod):
                                          seed=seed_for(job.cfg.seed, "pga", "init", i)))
                  for i in range(p.random_inits)]
         yardstick = mean_sq_distance(w_ref, inits)
-        radius, stop = float(np.sqrt(p.radius_share * yardstick)), p.stop_share * yardstick
+        radius, stop = ball_radius(yardstick, p.radius_share), p.stop_share * yardstick
         log.info("pga: K=%d, ‖w_T − w_ref‖=%.4g, mean ‖w_ref − w_0‖²=%.4g, δ=%.4g, stop at ‖w − w_u‖² > %.4g "
                  "(start %s)", k, distance(job.start, w_ref), yardstick, radius, stop,
                  ", ".join(f"{sq_distance(w_ref, w):.4g}" for w in locals_u.values()))

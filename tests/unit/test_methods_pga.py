@@ -20,6 +20,7 @@ from fedunlearn.methods.pga import (
     PGAParams,
     ball_radius,
     distance,
+    mean_sq_distance,
     project_to_ball,
     reference_model,
     sq_distance,
@@ -90,9 +91,9 @@ def test_ball_radius_uses_the_notebooks_squared_distance():
     sq = [sum(float(np.sum((ref[k].astype(np.float64) - w[k]) ** 2)) for k in keys) for w in inits]
     assert sq_distance(ref, inits[0]) == pytest.approx(sq[0])
     expected = np.sqrt(np.mean(sq) / 3)
-    assert ball_radius(ref, inits, 1 / 3) == pytest.approx(expected)
+    assert ball_radius(mean_sq_distance(ref, inits), 1 / 3) == pytest.approx(expected)
     # not the old mean-distance / 3 (about √3 smaller for models at similar distances from every init)
-    assert abs(ball_radius(ref, inits, 1 / 3) - np.mean(np.sqrt(sq)) / 3) > 0.3 * expected
+    assert abs(ball_radius(mean_sq_distance(ref, inits), 1 / 3) - np.mean(np.sqrt(sq)) / 3) > 0.3 * expected
 
 
 def test_server_reference_uses_last_round_and_u_last_local(trained):
