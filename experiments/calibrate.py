@@ -45,6 +45,7 @@ from fedunlearn.experiment import RETRAIN_NULL
 from fedunlearn.inprocess import InProcessFederation
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
+from fedunlearn.methods.pga import NOTEBOOK_STOP_SHARE
 from fedunlearn.models import Weights, build_model, load_weights, resolve_device, set_weights
 from fedunlearn.runner import build_server_context, prepare_run, run_phases_inprocess
 from fedunlearn.training import logits
@@ -60,15 +61,22 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "lightweight": [{"sigma": s, "max_rounds": r} for r in (1, 2, 3) for s in (0.05, 0.25, 0.5, 0.75, 1.0)],
     "mia_loss": [{"lambda_leak": lam, "lambda_kl": lam, "forget_lr": lr, "repair_rounds": rep}
                  for rep in (1, 2) for lr in (3e-4, 1e-3, 3e-3) for lam in (0.5, 1.0, 3.0)],
-    "forsaken": [{"eta": 0.003, "omega_tol": 0.1}, {"eta": 0.001, "omega_tol": 0.1, "target_quantile": 0.3},
+    # every knob a calibration moved is pinned in each point, so a point means the same before and after the
+    # defaults it chose were adopted (the rerun reproduces calibration.json)
+    "forsaken": [{"eta": 0.003, "omega_tol": 0.1, "target_quantile": 0.5},
+                 {"eta": 0.001, "omega_tol": 0.1, "target_quantile": 0.3},
                  {"eta": 0.003, "omega_tol": 0.1, "target_quantile": 0.3},
-                 {"eta": 0.003, "omega_tol": 0.05, "target_quantile": 0.3}, {},
+                 {"eta": 0.003, "omega_tol": 0.05, "target_quantile": 0.3},
+                 {"eta": 0.01, "omega_tol": 0.05, "target_quantile": 0.5},
                  {"eta": 0.003, "omega_tol": 0.2, "target_quantile": 0.3, "repair_rounds": 2}],
     "unsir": [{"sample_impair_lr": lr, "sample_impair_epochs": e} for e in (2, 3) for lr in (0.1, 0.2, 0.3)],
-    "pga": [{"post_rounds": 1}, {"post_rounds": 1, "stop_share": 0.0096}, {"post_rounds": 1, "stop_share": 0.0},
+    "pga": [{"post_rounds": 1, "post_local_epochs": 0, "stop_share": NOTEBOOK_STOP_SHARE},
+            {"post_rounds": 1, "post_local_epochs": 0, "stop_share": 0.0096},
+            {"post_rounds": 1, "post_local_epochs": 0, "stop_share": 0.0},
             {"post_rounds": 2, "post_local_epochs": 2, "stop_share": 0.0},
             {"post_rounds": 2, "post_local_epochs": 2, "stop_share": 0.0, "lr": 0.02},
-            {"post_rounds": 3, "post_local_epochs": 3}, {"post_rounds": 3}],
+            {"post_rounds": 3, "post_local_epochs": 3, "stop_share": NOTEBOOK_STOP_SHARE},
+            {"post_rounds": 3, "post_local_epochs": 0, "stop_share": NOTEBOOK_STOP_SHARE}],
 }
 
 
