@@ -1,4 +1,4 @@
-"""The Flower ClientApp: Flower glue only. Each message is handed to ``fedunlearn.client.handle``, which runs the
+"""The Flower ClientApp: Flower glue only. Each message is handed to ``fedunlearn.engine.client.handle``, which runs the
 named step (``train`` or a method's local step) on this node's partition."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-import fedunlearn.methods  # noqa: F401 - registers every method's client steps
-from fedunlearn.client import CLIENT_STEPS, handle
-from strategies.records import reply_content, request_parts
+from clients.records import reply_content, request_parts
+from fedunlearn.engine.client import handle  # importing it registers every client step
+from fedunlearn.fl.protocol import CLIENT_STEPS
 
 app = ClientApp()
 
@@ -18,8 +18,8 @@ def _partition_id(context: Context) -> int:
 
 
 def _run(msg: Message, context: Context) -> Message:
-    weights, config = request_parts(msg.content)
-    reply = handle(_partition_id(context), weights, config)
+    weights, config, records = request_parts(msg.content)
+    reply = handle(_partition_id(context), weights, config, records)
     return Message(reply_content(reply), reply_to=msg)
 
 

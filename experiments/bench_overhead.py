@@ -64,7 +64,7 @@ def bare(a: argparse.Namespace) -> dict:
     from torch import nn
 
     sys.path.insert(0, str(ROOT))
-    from fedunlearn.config import load_config
+    from fedunlearn.config.load import load_config
     from fedunlearn.data import load_dataset, make_partitions
     from fedunlearn.models import build_model
 
@@ -136,7 +136,7 @@ def fedunlearn_variant(a: argparse.Namespace, backend: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from fedunlearn import runner, simulation
-    from fedunlearn.config import load_config
+    from fedunlearn.config.load import load_config
     from strategies import server_app
 
     t_import = _process_age()
@@ -197,10 +197,10 @@ def serialization(a: argparse.Namespace) -> dict:
     import pickle
 
     sys.path.insert(0, str(ROOT))
-    from fedunlearn.config import load_config, to_toml
+    from clients.records import from_arrays, request_content, request_parts
+    from fedunlearn.config.load import load_config, to_toml
     from fedunlearn.data import load_dataset
     from fedunlearn.models import build_model, get_weights, weights_nbytes
-    from strategies.records import from_arrays, request_content, request_parts
 
     cfg = load_config(None, overrides(a, "ray"))
     ds = load_dataset(cfg.data, cfg.seed)

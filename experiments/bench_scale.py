@@ -49,7 +49,7 @@ def run_one(clients: int, rounds: int, records_per_client: int, out_dir: Path) -
     """One size, in this process: the experiment with timers around the simulation and the audit."""
     sys.path.insert(0, str(ROOT))
     from fedunlearn import runner, simulation
-    from fedunlearn.config import load_config
+    from fedunlearn.config.load import load_config
 
     marks: dict[str, float] = {}
     ticks: list[tuple[str, int, float]] = []

@@ -22,10 +22,10 @@ import statistics
 import time
 from pathlib import Path
 
-from fedunlearn.config import load_config
+from fedunlearn.config.load import load_config
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS
-from fedunlearn.runner import run
+from fedunlearn.pipeline import run
 
 HERE = Path(__file__).resolve().parent
 GOAL = {"equivalent_seeds": 4, "of_seeds": 5, "test_acc_ratio": 0.98, "speedup_client_samples": 15.0,

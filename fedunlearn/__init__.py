@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from fedunlearn.runner import RunResult
+    from fedunlearn.pipeline import RunResult
 
 
 def run(config: Any, out: Any = None, resume: Any = None) -> RunResult:
     """Run one experiment from an ``ExperimentConfig`` or the path of a TOML file."""
-    from fedunlearn.config import ExperimentConfig, load_config
-    from fedunlearn.runner import run as _run
+    from fedunlearn.config.load import load_config
+    from fedunlearn.config.schema import ExperimentConfig
+    from fedunlearn.pipeline import run as _run
 
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     return _run(cfg, out=out, resume=resume)

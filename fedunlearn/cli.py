@@ -94,8 +94,8 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run one experiment: train, withdraw, unlearn, retrain, audit, report."""
-    from fedunlearn.config import load_config
-    from fedunlearn.runner import run as run_experiment
+    from fedunlearn.config.load import load_config
+    from fedunlearn.pipeline import run as run_experiment
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -118,7 +118,7 @@ def run(
                 progress.update(tasks[phase], completed=rnd)
 
             if resume is not None:
-                from fedunlearn.runner import load_run_config
+                from fedunlearn.pipeline import load_run_config
 
                 cfg = load_run_config(resume)
             result = run_experiment(cfg, out=out, resume=resume, progress=on_round)  # type: ignore[arg-type]
@@ -155,7 +155,7 @@ def audit(
 ) -> None:
     """Re-audit a finished run from its saved models (cached signals: no retraining, seconds; --seeds M trains the
     A2 replicas once)."""
-    from fedunlearn.runner import load_run_config
+    from fedunlearn.pipeline import load_run_config
 
     try:
         cfg = load_run_config(run_dir)
@@ -170,7 +170,7 @@ def audit(
 
         m = seed_count(cfg, seeds)
         if m:  # the replicas step first (trained once, in-process); the audit then only reads saved models
-            from fedunlearn.seeds import train_seed_runs
+            from fedunlearn.engine.replicas import train_seed_runs
 
             train_seed_runs(run_dir, m)
         summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None, seeds=seeds)

@@ -19,7 +19,7 @@ from torch import nn
 from fedunlearn.registry import Registry
 
 if TYPE_CHECKING:
-    from fedunlearn.config import ModelConfig
+    from fedunlearn.config.schema import ModelConfig
 
 Weights = OrderedDict[str, np.ndarray]
 ModelFactory = Callable[["ModelConfig", tuple[int, ...], int], nn.Module]

@@ -8,6 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import tomllib
+
+from fedunlearn.config.schema import ExperimentConfig
+from fedunlearn.errors import ConfigError
+
 PHASES_FILE = "phases.json"
 FL_FINISHED = "finished"  # the marker in phases.json's "done" list
 
@@ -21,3 +26,15 @@ def fl_finished(run_dir: str | Path) -> bool:
         return FL_FINISHED in json.loads(path.read_text()).get("done", [])
     except (json.JSONDecodeError, AttributeError):
         return False
+
+
+def read_config(run_dir: str | Path) -> ExperimentConfig:
+    """The run's resolved ``config.toml``, validated by the schema alone (it was validated in full when the run was
+    prepared), so readers of a finished run need no registry and no FL module."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"run directory: {run_dir} has no config.toml (not a fedunlearn run)")
+    try:
+        return ExperimentConfig.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"run directory: {path} is not a valid fedunlearn config ({err})") from None

@@ -1,8 +1,8 @@
 """The only fedunlearn module that starts Flower: wraps ``flwr.simulation.run_simulation`` on the Ray backend.
 
 All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process: it is built
-for the prepared run (``strategies.server_app.make_app(job)``), and the failed methods or an error come back in the
-job.
+for the prepared run's session (``strategies.server_app.make_app(session)``), and the failed methods or an error
+come back in the session.
 """
 
 from __future__ import annotations
@@ -11,23 +11,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedunlearn.config import ExperimentConfig
+from fedunlearn.config.schema import ExperimentConfig
+from fedunlearn.engine.session import Session
+from fedunlearn.errors import FedUnlearnError
+from fedunlearn.rundir import fl_finished
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SimulationJob:
-    cfg: ExperimentConfig
-    run_dir: Path
-    progress: Callable[[str, int, int], None] | None = None
-    failed: dict[str, str] = field(default_factory=dict)
-    error: BaseException | None = None
-    memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
 
 
 def _drop_deprecation(record: logging.LogRecord) -> bool:
@@ -180,7 +172,7 @@ def _speed_up_flower_dispatch() -> None:
 
 
 def run_flower(cfg: ExperimentConfig, run_dir: Path,
-               progress: Callable[[str, int, int], None] | None = None) -> SimulationJob:
+               progress: Callable[[str, int, int], None] | None = None) -> Session:
     """Run the experiment's FL phases through Flower's simulation engine on Ray; returns the finished job."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     from flwr.simulation import run_simulation
@@ -193,17 +185,13 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     flwr_log = logging.getLogger("flwr")
     flwr_log.setLevel(logging.WARNING)
     flwr_log.addFilter(_drop_deprecation)
-    job = SimulationJob(cfg, run_dir, progress)
+    job = Session(cfg, run_dir, progress)
     with RayMemorySampler() as sampler:
         run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
                        backend_config=backend_config(cfg), verbose_logging=False)
     job.memory = sampler.result_mb()
     if job.error is not None:
         raise job.error
-    from fedunlearn.rundir import fl_finished
-
     if not fl_finished(run_dir):
-        from fedunlearn.errors import FedUnlearnError
-
         raise FedUnlearnError("the Flower simulation ended before the experiment finished (see the log above)")
     return job

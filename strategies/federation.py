@@ -1,4 +1,4 @@
-"""The Flower transport of ``fedunlearn.federation.Federation``: messages through a ``Grid`` to ClientApps on Ray."""
+"""The Flower transport of ``fedunlearn.fl.transport.Federation``: messages through a ``Grid`` to ClientApps on Ray."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from clients.records import from_arrays, message_type, parse_reply, request_content, to_arrays
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.federation import ClientReply, Federation, Scalar, ServerContext
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.protocol import ClientReply, Records, Scalar
+from fedunlearn.fl.session import ServerContext
+from fedunlearn.fl.transport import Federation
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds
-from strategies.records import message_type, parse_reply, request_content, to_arrays
 from strategies.withdrawal_fedavg import WithdrawalFedAvg
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,9 @@ class FlowerFederation(Federation):
         self.node_of_pid = node_of_pid
         self.pid_of_node = {v: k for k, v in node_of_pid.items()}
 
-    def _exchange(self, pids: list[int], step: str, weights: Weights | None,
-                  config: dict[str, Scalar]) -> list[ClientReply]:
-        content = request_content(weights, config)
+    def _exchange(self, pids: list[int], step: str, weights: Weights | None, config: dict[str, Scalar],
+                  records: Records) -> list[ClientReply]:
+        content = request_content(weights, config, records)
         msgs = [Message(content=content, message_type=message_type(step), dst_node_id=self.node_of_pid[p])
                 for p in pids]
         replies = [parse_reply(m, self.pid_of_node) for m in self.grid.send_and_receive(msgs, timeout=TIMEOUT_S)]
@@ -65,8 +67,6 @@ class FlowerFederation(Federation):
         return replies + [ClientReply(p, error="no reply before the timeout") for p in pids if p not in answered]
 
     def fedavg(self, engine: FedAvgRounds, weights: Weights, rounds: int) -> Weights:
-        from strategies.records import from_arrays
-
         strategy = WithdrawalFedAvg(engine, self.node_of_pid)
         result = strategy.start(self.grid, to_arrays(weights), num_rounds=rounds, timeout=TIMEOUT_S)
         return from_arrays(result.arrays)

@@ -1,7 +1,7 @@
 """FedAvg with withdrawal: excludes withdrawn clients, samples with a seeded generator, records update history.
 
 A Flower ``Strategy`` (not a ``FedAvg`` subclass: every hook is ours, so FedAvg's fractions, minimums and
-aggregation would be dead arguments) whose hooks delegate to ``fedunlearn.rounds.FedAvgRounds`` (the maths, testable
+aggregation would be dead arguments) whose hooks delegate to ``fedunlearn.fl.fedavg.FedAvgRounds`` (the maths, testable
 without Ray): ``configure_train`` asks it which partitions train this round and maps them to node ids;
 ``aggregate_train`` turns the replies into ``ClientReply`` objects and lets it average, account and record. Flower's
 ``Strategy.start`` drives the rounds.
@@ -15,9 +15,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from clients.records import from_arrays, message_type, parse_reply, request_content, to_arrays
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.protocol import ClientReply
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds
-from strategies.records import from_arrays, message_type, parse_reply, request_content, to_arrays
 
 
 class WithdrawalFedAvg(Strategy):
@@ -42,7 +43,7 @@ class WithdrawalFedAvg(Strategy):
                         grid: Grid) -> Iterable[Message]:
         pids, cfg = self.engine.configure(server_round)
         self._sent = from_arrays(arrays)
-        content = request_content(None, cfg)
+        content = request_content(None, cfg, self.engine.step_records)
         content["arrays"] = arrays
         mtype = message_type(self.engine.step)
         return [Message(content=content, message_type=mtype, dst_node_id=self.node_of_pid[p]) for p in pids]
@@ -52,14 +53,12 @@ class WithdrawalFedAvg(Strategy):
         assert self._sent is not None, "aggregate_train before configure_train"
         parsed = [parse_reply(m, self.pid_of_node) for m in replies]
         answered = {r.pid for r in parsed}
-        from fedunlearn.federation import ClientReply
-
         parsed += [ClientReply(p, error="no reply before the timeout") for p in self.engine.last_sampled
                    if p not in answered]
         new = self.engine.aggregate(server_round, self._sent, parsed)
         rows = self.engine.ctx.rounds.rows
-        last = rows[-1] if rows else {}
-        metrics = MetricRecord({k: float(last[k]) for k in ("train_loss", "train_accuracy") if k in last})
+        metrics = MetricRecord({"train_loss": rows[-1].train_loss, "train_accuracy": rows[-1].train_accuracy}
+                               if rows else {})
         return to_arrays(new), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

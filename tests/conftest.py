@@ -22,7 +22,7 @@ TINY = [
 
 
 def tiny_config(*overrides: str):
-    from fedunlearn.config import load_config
+    from fedunlearn.config.load import load_config
 
     return load_config(None, TINY + list(overrides))
 
@@ -38,7 +38,7 @@ class TinyFederation:
     initial: dict
 
     def train_original(self, rounds: int | None = None):
-        from fedunlearn.rounds import FedAvgRounds
+        from fedunlearn.fl.fedavg import FedAvgRounds
 
         self.ctx.phase = "original"
         self.ctx.costs.start("original", "train")
@@ -57,8 +57,8 @@ class TinyFederation:
 
 
 def make_tiny_federation(tmp_path: Path, *overrides: str) -> TinyFederation:
-    from fedunlearn.inprocess import InProcessFederation
-    from fedunlearn.runner import build_server_context, load_run_config, prepare_run
+    from fedunlearn.engine.inprocess import InProcessFederation
+    from fedunlearn.engine.session import build_server_context, load_run_config, prepare_run
 
     run_dir = prepare_run(tiny_config(*overrides), tmp_path / "run")
     cfg = load_run_config(run_dir)

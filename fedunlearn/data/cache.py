@@ -9,7 +9,7 @@ from fedunlearn.data.datasets import Dataset, load_dataset
 from fedunlearn.data.splits import Partitions, make_partitions
 
 if TYPE_CHECKING:
-    from fedunlearn.config import ExperimentConfig
+    from fedunlearn.config.schema import ExperimentConfig
 
 _DATA: dict[str, tuple[Dataset, Partitions]] = {}
 

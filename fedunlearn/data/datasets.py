@@ -23,7 +23,7 @@ from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.registry import Registry
 
 if TYPE_CHECKING:
-    from fedunlearn.config import DataConfig
+    from fedunlearn.config.schema import DataConfig
 
 log = logging.getLogger(__name__)
 

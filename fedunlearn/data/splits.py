@@ -22,7 +22,7 @@ from fedunlearn.errors import ConfigError, DataError
 from fedunlearn.io import atomic_save_npz
 
 if TYPE_CHECKING:
-    from fedunlearn.config import DataConfig
+    from fedunlearn.config.schema import DataConfig
     from fedunlearn.data.datasets import Dataset
 
 log = logging.getLogger(__name__)

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
-from fedunlearn.client import CLIENT_STEPS, StepFn
-from fedunlearn.federation import Scalar
+from fedunlearn.config.schema import MethodParams
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.protocol import CLIENT_STEPS, Records, Scalar, StepFn
+from fedunlearn.fl.session import phase_label
+from fedunlearn.ledgers.costs import Cost
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds
 
 if TYPE_CHECKING:
-    from fedunlearn.federation import ClientReply, Federation
+    from fedunlearn.fl.protocol import ClientReply
+    from fedunlearn.fl.transport import Federation
 
-
-class MethodParams(BaseModel):
-    """Base of every method's hyperparameters: unknown keys rejected, strict types (``epochs = true`` is refused)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+__all__ = ["MethodParams", "UnlearnJob", "UnlearningMethod", "default_rounds"]
 
 
 @dataclass
@@ -61,52 +59,35 @@ class UnlearnJob:
         return self.fed.ctx.cfg
 
     def phase(self, name: str) -> str:
-        return self.method if name == self.method else f"{self.method}.{name}"
+        return phase_label(self.method, name)
+
+    def track(self, name: str, resume: Cost | None = None) -> AbstractContextManager[Cost]:
+        """Phase ``name`` of this method, labelled and costed (``ServerContext.track``); also times server work."""
+        return self.fed.ctx.track(self.method, name, resume=resume)
 
     def fedavg(self, weights: Weights, rounds: int, name: str, *, pids: Sequence[int] | None = None,
-               step: str = "train", config: dict[str, Scalar] | None = None,
+               step: str = "train", config: dict[str, Scalar] | None = None, records: Records | None = None,
                fraction: float | None = None) -> Weights:
         """``rounds`` FedAvg rounds over ``pids`` (default: the remaining clients), tracked in the cost ledger."""
         if rounds <= 0:
             return weights
-        phase = self.phase(name)
-        ctx = self.fed.ctx
-        ctx.phase = phase
-        ctx.costs.start(self.method, name)
-        try:
-            engine = FedAvgRounds(ctx, phase, self.remaining if pids is None else pids, step=step,
-                                  step_config=config, fraction=fraction)
+        with self.track(name):
+            engine = FedAvgRounds(self.fed.ctx, self.phase(name), self.remaining if pids is None else pids,
+                                  step=step, step_config=config, step_records=records, fraction=fraction)
             engine.total_rounds = rounds
             return self.fed.fedavg(engine, weights, rounds)
-        finally:
-            ctx.costs.stop()
 
     def send(self, pids: Sequence[int], step: str, weights: Weights | None, name: str,
-             config: dict[str, Scalar] | None = None, rounds: int = 1) -> list[ClientReply]:
+             config: dict[str, Scalar] | None = None, rounds: int = 1,
+             records: Records | None = None) -> list[ClientReply]:
         """One message per client in ``pids`` running ``step``; counts ``rounds`` FL rounds in the ledger."""
-        ctx = self.fed.ctx
-        ctx.phase = self.phase(name)
-        ctx.costs.start(self.method, name)
-        try:
-            ctx.costs.note(rounds=rounds)
-            return self.fed.send(pids, step, weights, config)
-        finally:
-            ctx.costs.stop()
+        with self.track(name):
+            self.fed.ctx.costs.note(rounds=rounds)
+            return self.fed.send(pids, step, weights, config, records)
 
-    def server(self, name: str):  # noqa: ANN201 - a context manager timing server-side work
-        return _ServerWork(self, name)
-
-
-class _ServerWork:
-    def __init__(self, job: UnlearnJob, name: str) -> None:
-        self.job, self.name = job, name
-
-    def __enter__(self) -> _ServerWork:
-        self.job.fed.ctx.costs.start(self.job.method, self.name)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.job.fed.ctx.costs.stop()
+    def server(self, name: str) -> AbstractContextManager[Cost]:
+        """Server-side work of phase ``name`` (timed in the ledger)."""
+        return self.track(name)
 
 
 class UnlearningMethod(ABC):
@@ -129,9 +110,17 @@ class UnlearningMethod(ABC):
     def __init__(self, params: MethodParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
 
-    @abstractmethod
     def unlearn(self, job: UnlearnJob) -> Weights:
-        """Return the unlearned model."""
+        """Return the unlearned model. The clients read this method's parameters from the config every message
+        carries, under the job's label (``job.method``, the first part of every phase label), so the config they get is
+        the experiment's with ``[unlearn.<job.method>]`` set to ``self.params``: the same config in a run, where the
+        params come from it; another one when a test builds the method with other params."""
+        with job.fed.ctx.method_params(job.method, self.params):
+            return self.run(job)
+
+    @abstractmethod
+    def run(self, job: UnlearnJob) -> Weights:
+        """The method's algorithm: drive the federation through ``job``; return the unlearned model."""
 
     @classmethod
     def register_steps(cls) -> None:

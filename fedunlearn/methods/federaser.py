@@ -6,7 +6,7 @@ has no arXiv version).
 
 Federated split (docs/methods.md):
 - during the original training the server stores, every Δt rounds (``interval``, default 2), the global model and
-  every participating client's update U_k(t) = local − global (``fedunlearn.history``, on disk);
+  every participating client's update U_k(t) = local − global (``fedunlearn.fl.history``, on disk);
 - server: start from the stored global model of the first stored round t_1;
 - remaining clients (``federaser_calibrate``): for each stored round t_j, those remaining clients that have a stored
   update at t_j train from the current unlearned model for E_cal local epochs, giving new updates U_k;
@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
 
-from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.federation import ClientReply
+from fedunlearn.fl.fedavg import check_failure_share, subtract, weighted_average
+from fedunlearn.fl.protocol import ClientReply, StepOutput
+from fedunlearn.fl.recipe import local_sgd
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights, is_float_param
-from fedunlearn.rounds import check_failure_share, subtract, weighted_average
+
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
 
 log = logging.getLogger(__name__)
 STEP = "federaser_calibrate"
@@ -99,7 +102,7 @@ class FedEraser(UnlearningMethod):
     Params = FedEraserParams
     client_steps = {STEP: calibrate_step}
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: FedEraserParams = self.params  # type: ignore[assignment]
         ctx = job.fed.ctx
         hist = ctx.history
@@ -112,9 +115,7 @@ class FedEraser(UnlearningMethod):
                         hist.interval, p.interval)
         epochs = calibration_epochs(job.cfg.train.local_epochs, p.calibration_ratio)
         remaining = set(job.remaining)
-        ctx.phase = job.phase("calibrate")
-        ctx.costs.start(job.method, "calibrate")
-        try:
+        with job.track("calibrate"):
             ctx.costs.note(server_storage_bytes=hist.storage_bytes())
             w = hist.load_global(stored[0])
             for t in stored:
@@ -126,8 +127,6 @@ class FedEraser(UnlearningMethod):
                 ctx.costs.note(rounds=1)
                 w = self._calibrated_round(job, t, w, replies)
             return w
-        finally:
-            ctx.costs.stop()
 
     @staticmethod
     def _calibrated_round(job: UnlearnJob, t: int, w: Weights, replies: list[ClientReply]) -> Weights:

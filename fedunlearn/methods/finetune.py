@@ -23,7 +23,7 @@ class Finetune(UnlearningMethod):
     granularity = ("client", "class")
     Params = FinetuneParams
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: FinetuneParams = self.params  # type: ignore[assignment]
         rounds = p.rounds or default_rounds(0.1, job.rounds_trained)
         return job.fedavg(job.start, rounds, "finetune")

@@ -68,8 +68,8 @@ On the validation side a looser guard forgets more and costs utility (omega_tol 
 ``eta`` (step size; the first kept edit does most of the work at 0.01) are the knobs to calibrate; ``target_fr``
 matters little once the guard binds (0.9 and 1.0 stop at the same FR when the guard rejects every further edit).
 
-Where G lives: G's weights and its Adam state travel with the model in every message to u (key prefixes
-``__G__.`` and ``__Gopt__.``) and come back updated, so G persists and learns across steps while V and P never
+Where G lives: G's weights and its Adam state travel with the model in every message to u (named weight sets
+``generator`` and ``generator_adam``) and come back updated, so G persists and learns across steps while V and P never
 leave u; the server only stores G's few hundred numbers between steps. A public third-party re-implementation
 (a ``forsaken(net, forget_loader, retain_loader, nonmem_loader)`` function; read, not copied) rebuilds its
 generator's layers inside ``forward`` so G never learns, feeds G the flattened weights and the mean output, uses the
@@ -97,7 +97,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -107,22 +107,23 @@ from torch.func import functional_call
 
 from fedunlearn.audit.attacks import a0_threshold
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import ClientRuntime, StepOutput
+from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.methods.mixed_round import (
     MethodRounds,
     leakage_metrics,
     model_phi,
     phi,
-    split_extras,
     weighted_mean,
-    with_extras,
 )
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.training import seed_for
 
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
+
 log = logging.getLogger(__name__)
-GEN, GOPT, EDIT = "__G__.", "__Gopt__.", "__g__."
+GEN, GOPT, EDIT = "generator", "generator_adam", "edit"  # weight sets beside the model: G, its Adam state, g
 EPS = 1e-12
 STALL = 2.0 ** -10  # stop once ten net halvings of the step have found no edit that lowers the loss
 
@@ -237,7 +238,7 @@ class Forsaken(UnlearningMethod):
         self.generators: dict[int, tuple[Weights, Weights]] = {}  # u -> (G at start, G at end)
         self.oracles: dict[int, dict[str, float]] = {}  # u -> init report (tau, target, B_T, B_F, F and omega at w_T)
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: ForsakenParams = self.params  # type: ignore[assignment]
         rounds = MethodRounds(job)
         inside = [u for u in job.withdrawn if job.fed.ctx.window.status(u) == "open"]
@@ -262,8 +263,7 @@ class Forsaken(UnlearningMethod):
         p: ForsakenParams = self.params  # type: ignore[assignment]
         gen_w = get_weights(build_generator(p.hidden, seed_for(job.cfg.seed, self.name, "G", u)))
         opt_w = Weights()
-        init = rounds.send("init", [u], "forsaken_init", w, {"alpha": p.alpha, "target_quantile": p.target_quantile},
-                           rounds=1, required=True)[0].metrics
+        init = rounds.send("init", [u], "forsaken_init", w, rounds=1, required=True)[0].metrics
         fixed = {"tau": init["tau"], "target": init["target"], "b_t": init["b_t"], "b_f": init["b_f"]}
         if init["b_t"] == 0:
             log.warning("forsaken: no record of client %d is judged member under w_T: FR undefined; running "
@@ -275,19 +275,16 @@ class Forsaken(UnlearningMethod):
         eta = p.eta  # the step tried next: halved after a rejected edit, doubled back (up to p.eta) after a kept one
         start_g = Weights((k, v.copy()) for k, v in gen_w.items())
         for t in range(1, p.max_steps + 1):
-            config = {"eta": p.eta, "eta_step": eta, "lambda_l1": p.lambda_l1, "g_lr": p.lr, "hidden": p.hidden,
-                      "omega": omega, **fixed}
-            msg = with_extras(with_extras(w, GEN, gen_w), GOPT, opt_w)
-            rep = rounds.send("edit", [u], "forsaken_step", msg, config, rnd=t, rounds=1, required=True)[0]
-            if rep.weights is None:
+            config = {"eta_step": eta, "omega": omega, **fixed}  # this step's own values, from the server
+            rep = rounds.send("edit", [u], "forsaken_step", w, config, rnd=t, rounds=1, required=True,
+                              records={GEN: gen_w, GOPT: opt_w})[0]
+            if EDIT not in rep.records:
                 raise RuntimeError("forsaken_step returned no edit")
             m = rep.metrics
             if m["obj_before"] <= 0.0:  # every forget record is at or below t: nothing left to edit
                 log.info("forsaken: every record of client %d is at the non-member level; stopping at step %d", u, t)
                 break
-            rest, gen_w = split_extras(rep.weights, GEN)
-            rest, opt_w = split_extras(rest, GOPT)
-            _, g = split_extras(rest, EDIT)
+            gen_w, opt_w, g = rep.records[GEN], rep.records.get(GOPT, Weights()), rep.records[EDIT]
             with rounds.phase("edit"):  # the server applies the proposed edit
                 cand = Weights((k, (v - eta * g[k]).astype(v.dtype) if k in g else v) for k, v in w.items())
             omega_c = self._omega(job, rounds, cand, t)
@@ -329,8 +326,9 @@ def init_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any
     xp, yp = rt.read("validation")
     model = rt.model(weights)
     phi_v, phi_p = model_phi(model, xv, yv, rt.device), model_phi(model, xp, yp, rt.device)
-    tau = a0_threshold(phi_p, rt.setting("alpha", 0.1))
-    target = membership_target(phi_p, rt.setting("target_quantile", 0.5))
+    p = rt.params(ForsakenParams)
+    tau = a0_threshold(phi_p, p.alpha)
+    target = membership_target(phi_p, p.target_quantile)
     b_t = int((phi_v > tau).sum())
     model.eval()
     with torch.no_grad():
@@ -351,21 +349,21 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     Reads D_u only: the non-member side enters as the fixed float t of the message."""
     if weights is None:
         raise ValueError("forsaken_step needs the global model and G")
-    rest, gen_w = split_extras(weights, GEN)
-    model_w, opt_w = split_extras(rest, GOPT)
-    eta_nominal, lam, omega = rt.setting("eta", 0.01), rt.setting("lambda_l1", 0.01), rt.setting("omega", 0.0)
-    eta = rt.setting("eta_step", eta_nominal)
-    tau, target = rt.setting("tau", 0.0), rt.setting("target", 0.0)
-    b_t, b_f = rt.setting("b_t", 0.0), rt.setting("b_f", 0.0)
+    p = rt.params(ForsakenParams)
+    model_w, gen_w, opt_w = weights, rt.record(GEN), rt.records.get(GOPT, Weights())
+    eta_nominal, lam, omega = p.eta, p.lambda_l1, rt.value("omega", float)
+    eta = rt.value("eta_step", float)
+    tau, target = rt.value("tau", float), rt.value("target", float)
+    b_t, b_f = rt.value("b_t", float), rt.value("b_f", float)
     dev = rt.device
     xv, yv = rt.read("member")
     xv_t = torch.as_tensor(xv, dtype=torch.float32).to(dev)
     yv_t = torch.as_tensor(yv, dtype=torch.long).to(dev)
 
     model = rt.model(model_w).eval()
-    gen = MaskGenerator(rt.setting("hidden", 16)).to(dev)
+    gen = MaskGenerator(p.hidden).to(dev)
     gen.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in gen_w.items()})
-    opt = torch.optim.Adam(gen.parameters(), lr=rt.setting("g_lr", 1e-4))
+    opt = torch.optim.Adam(gen.parameters(), lr=p.lr)
     _unpack_optimizer(opt, opt_w)
 
     names = [n for n, q in model.named_parameters() if q.dtype.is_floating_point]
@@ -397,12 +395,11 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     phi_after = phi_from_logits(z_v.detach().double().cpu().numpy(), yv)
     a_f = int((phi_after <= tau).sum())
     fr = (a_f - b_f) / b_t if b_t > 0 else float("nan")
-    reply = with_extras(Weights(), EDIT, Weights((n, e.detach().cpu().numpy().astype(model_w[n].dtype))
-                                                 for n, e in edits.items()))
-    reply = with_extras(reply, GEN, get_weights(gen))
-    reply = with_extras(reply, GOPT, _pack_optimizer(opt))
+    reply = {EDIT: Weights((n, e.detach().cpu().numpy().astype(model_w[n].dtype)) for n, e in edits.items()),
+             GEN: get_weights(gen), GOPT: _pack_optimizer(opt)}
     # samples: two passes over D_u (F and its gradient at w; F at the edited model and G's backward through it)
-    return StepOutput(reply, {"obj_before": float(obj_before.detach()), "obj_after": float(obj_after.detach()),
+    return StepOutput(None, records=reply, metrics={
+                              "obj_before": float(obj_before.detach()), "obj_after": float(obj_after.detach()),
                               "l1": float(l1.detach()), "loss_g": float(loss.detach()), "fr": fr, "a_f": float(a_f),
                               "mask_mean": float(mask.detach().mean()),
                               "num-examples": float(len(xv)), "samples": float(2 * len(xv))})

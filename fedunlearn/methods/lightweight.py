@@ -71,18 +71,21 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from fedunlearn.client import ClientRuntime, StepOutput
+from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
 from fedunlearn.methods.mixed_round import MethodRounds, member_loss_step, self_leakage_step
 from fedunlearn.models import Weights, get_weights, is_float_param
 from fedunlearn.training import batches, seed_for, sgd, train_epochs
+
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ class Lightweight(UnlearningMethod):
         self.trace: list[dict[str, float]] = []  # per round: u's verification metrics, remaining loss (tests)
         self.loss_before: dict[int, tuple[float, int]] = {}  # remaining pid -> (member CE under w_T, records)
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: LightweightParams = self.params  # type: ignore[assignment]
         rounds = MethodRounds(job)
         window = job.fed.ctx.window
@@ -207,11 +210,9 @@ class Lightweight(UnlearningMethod):
                 if x.ok and not math.isnan(x.metrics.get("loss", math.nan))}
 
     def _kl_round(self, job: UnlearnJob, rounds: MethodRounds, w: Weights, r: int, kl_on: list[int]) -> Weights:
-        p: LightweightParams = self.params  # type: ignore[assignment]
-        config = {"lambda_ce": p.lambda_ce, "kl_lr": p.kl_lr or job.cfg.train.lr}
         others = rounds.sample("kl", job.remaining, r)
-        replies = rounds.send("kl", kl_on, "lightweight_kl", w, config, rnd=r, required=True)
-        replies += rounds.send("kl", others, "lightweight_ce", w, config, rnd=r)
+        replies = rounds.send("kl", kl_on, "lightweight_kl", w, rnd=r, required=True)
+        replies += rounds.send("kl", others, "lightweight_ce", w, rnd=r)
         return rounds.average("kl", r, replies, expected=len(kl_on) + len(others))
 
 
@@ -236,8 +237,8 @@ def kl_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any])
     xt = torch.as_tensor(x, dtype=torch.float32)
     mu, sd = xt.mean(0), xt.std(0, unbiased=False)
     gen = torch.Generator().manual_seed(rt.seed("kl"))
-    opt = sgd(model, rt.setting("kl_lr", tc.lr), tc.momentum, tc.weight_decay)
-    epochs = rt.setting("local_epochs", tc.local_epochs)
+    opt = sgd(model, rt.params(LightweightParams).kl_lr or tc.lr, tc.momentum, tc.weight_decay)
+    epochs = tc.local_epochs
     total, seen = 0.0, 0
     for _ in range(epochs):
         total, seen = 0.0, 0
@@ -263,11 +264,11 @@ def kl_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any])
 def ce_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """Remaining client in the kl variant: the training recipe on lambda * CE."""
     tc = rt.cfg.train
-    lam = rt.setting("lambda_ce", 1.0)
+    lam = rt.params(LightweightParams).lambda_ce
     x, y = rt.read("member")
     model = rt.model(weights)
     opt = sgd(model, tc.lr, tc.momentum, tc.weight_decay)
-    res = train_epochs(model, x, y, epochs=rt.setting("local_epochs", tc.local_epochs), batch_size=tc.batch_size,
+    res = train_epochs(model, x, y, epochs=tc.local_epochs, batch_size=tc.batch_size,
                        optimizer=opt, seed=rt.seed("ce"), device=rt.device,
                        loss_fn=lambda out, yb: lam * nn.functional.cross_entropy(out, yb))
     return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),

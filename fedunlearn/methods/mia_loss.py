@@ -17,7 +17,7 @@ Federated split (each term runs where its data lives):
   validation records and fits N(mu_in, sd_in^2), N(mu_out, sd_out^2); the four scalars go back to the server, which
   sends them with every later step (fitted once, so the leak term keeps one target). With ``leak = "attack"`` u also
   trains a small attack MLP (sorted softmax vector -> member logit, balanced BCE, Adam, full batch) on D_u vs V_u;
-  its weights ride back and forth with the model under the key prefix ``__attack__.``, kept fixed. The stop rule
+  its weights ride back and forth with the model as the named weight set ``attack_model``, kept fixed. The stop rule
   is judged only after a cycle (mixed round + repair): a withdrawal always removes u's contribution at least once,
   even when u's A0 AUC under w_T already looks inside the validation band (38 validation records give a wide band,
   so "inside" there is weak evidence that nothing remains).
@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -76,23 +76,24 @@ from torch import nn
 
 from fedunlearn.audit.metrics import auc
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import ClientRuntime, StepOutput, local_sgd
-from fedunlearn.federation import ClientReply
+from fedunlearn.fl.fedavg import check_failure_share, weighted_average
+from fedunlearn.fl.protocol import ClientReply, StepOutput
+from fedunlearn.fl.recipe import local_sgd
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.methods.mixed_round import (
     MethodRounds,
     leakage_metrics,
     phi,
     self_leakage_step,
-    split_extras,
-    with_extras,
 )
 from fedunlearn.models import Weights, get_weights
-from fedunlearn.rounds import check_failure_share, weighted_average
 from fedunlearn.training import batches, logits
 
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
+
 log = logging.getLogger(__name__)
-ATTACK = "__attack__."
+ATTACK = "attack_model"
 SD_FLOOR = 1e-3  # keeps the Gaussian fit finite when a client's phi values coincide
 
 
@@ -161,39 +162,33 @@ class MiaLoss(UnlearningMethod):
         self.fits: dict[int, dict[str, float]] = {}  # u -> its fit (Gaussian parameters, A0 leakage under w_T)
         self.events: list[str] = []  # the order of the phases run ("fit", "unlearn:1", "repair:1", "verify:1", ...)
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: MiaLossParams = self.params  # type: ignore[assignment]
         rounds = MethodRounds(job)
-        tc = job.cfg.train
         inside = [u for u in job.withdrawn if job.fed.ctx.window.status(u) == "open"]
         if not inside:
             log.warning("mia_loss: window of %s not open; only the remaining clients' rounds and repairs run",
                         job.withdrawn)
         lam = p.lambda_leak + p.lambda_kl
         forgetting = inside if lam > 0 else []
-        u_config: dict[str, Any] = {"leak": p.leak, "lambda_leak": p.lambda_leak, "lambda_kl": p.lambda_kl,
-                                    "forget_lr": p.forget_lr, "local_epochs": p.forget_epochs or tc.local_epochs,
-                                    "attack_hidden": p.attack_hidden, "attack_epochs": p.attack_epochs,
-                                    "attack_lr": p.attack_lr}
-        ce_config: dict[str, Any] = {"local_epochs": tc.local_epochs, **({"lr": p.remaining_lr} if p.remaining_lr
-                                                                          else {})}
         self.trace, self.events = [], []
         w = job.start
-        fits = {u: rounds.send("fit", [u], "mia_loss_fit", w, u_config, rounds=1, required=True)[0] for u in inside}
+        fits = {u: rounds.send("fit", [u], "mia_loss_fit", w, rounds=1, required=True)[0] for u in inside}
         self.fits = {u: dict(fit.metrics) for u, fit in fits.items()}
         self.events += ["fit"] if fits else []
-        attacks = {u: split_extras(fit.weights, ATTACK)[1] for u, fit in fits.items() if fit.weights is not None}
+        attacks = {u: fit.records[ATTACK] for u, fit in fits.items() if ATTACK in fit.records}
         if p.rounds == 0:
             return self._repair(rounds, w, 0, p.repair_rounds)
         for r in range(1, p.rounds + 1):
             u_replies: list[ClientReply] = []
             for u in forgetting:
                 fit = self.fits[u]
-                config = {**u_config, **{k: fit[k] for k in ("mu_in", "sd_in", "mu_out", "sd_out")}}
-                sent = with_extras(w, ATTACK, attacks[u]) if p.leak == "attack" else w
-                u_replies += rounds.send("unlearn", [u], "mia_loss_forget", sent, config, rnd=r, required=True)
+                config = {k: fit[k] for k in ("mu_in", "sd_in", "mu_out", "sd_out")}  # u's own fit, from the server
+                records = {ATTACK: attacks[u]} if p.leak == "attack" else None
+                u_replies += rounds.send("unlearn", [u], "mia_loss_forget", w, config, rnd=r, required=True,
+                                         records=records)
             others = rounds.sample("unlearn", job.remaining, r)
-            r_replies = rounds.send("unlearn", others, "mia_loss_ce", w, ce_config, rnd=r)
+            r_replies = rounds.send("unlearn", others, "mia_loss_ce", w, rnd=r)
             w = self._aggregate(rounds, r, u_replies, r_replies, lam, expected=len(u_replies) + len(others))
             self.events.append(f"unlearn:{r}")
             row = {"round": float(r), **{f"{k}.{x.pid}": v for x in u_replies for k, v in x.metrics.items()}}
@@ -274,14 +269,15 @@ def fit_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]
     metrics = {**leakage_metrics(pm, ph), "mu_in": float(pm.mean()), "sd_in": max(float(pm.std()), SD_FLOOR),
                "mu_out": float(ph.mean()), "sd_out": max(float(ph.std()), SD_FLOOR),
                "num-examples": float(len(xm)), "samples": float(len(xm) + len(xh))}
-    if rt.setting("leak", "gaussian") != "attack":
+    p = rt.params(MiaLossParams)
+    if p.leak != "attack":
         return StepOutput(None, metrics)
-    epochs = rt.setting("attack_epochs", 200)
-    net = _attack_net(rt.num_classes, rt.setting("attack_hidden", 32), rt.seed("attack")).to(rt.device)
+    epochs = p.attack_epochs
+    net = _attack_net(rt.num_classes, p.attack_hidden, rt.seed("attack")).to(rt.device)
     feats = _sorted_probs(torch.as_tensor(np.concatenate([zm, zh]), dtype=torch.float32)).to(rt.device)
     target = torch.cat([torch.ones(len(zm)), torch.zeros(len(zh))]).to(rt.device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(zh) / max(len(zm), 1), device=rt.device))
-    opt = torch.optim.Adam(net.parameters(), lr=rt.setting("attack_lr", 1e-2))
+    opt = torch.optim.Adam(net.parameters(), lr=p.attack_lr)
     for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(feats).squeeze(1), target)
@@ -291,7 +287,7 @@ def fit_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]
         score = net(feats).squeeze(1).cpu().numpy()
     metrics.update(attack_auc=auc(score[: len(zm)], score[len(zm):]), attack_loss=float(loss.detach()))
     metrics["samples"] += float(epochs * len(feats))
-    return StepOutput(with_extras(Weights(), ATTACK, get_weights(net)), metrics)
+    return StepOutput(None, metrics, records={ATTACK: get_weights(net)})
 
 
 def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
@@ -299,27 +295,24 @@ def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     the incoming and the outgoing model's terms and the incoming model's A0 statistic."""
     if weights is None:
         raise ValueError("mia_loss_forget needs the global model")
-    model_w, attack_w = split_extras(weights, ATTACK)
+    p = rt.params(MiaLossParams)
     xm, ym = rt.read("member")
     xh, yh = rt.read("validation")
-    model = rt.model(model_w)
+    model = rt.model(weights)
     dev = rt.device
-    leak_kind = rt.setting("leak", "gaussian")
-    lam_leak, lam_kl = rt.setting("lambda_leak", 1.0), rt.setting("lambda_kl", 1.0)
+    lam_leak, lam_kl = p.lambda_leak, p.lambda_kl
     lam = lam_leak + lam_kl
     if lam <= 0:
         raise ValueError("mia_loss_forget: lambda_leak + lambda_kl must be positive (the server skips u otherwise)")
-    if leak_kind == "attack":
-        if not attack_w:
-            raise ValueError("mia_loss_forget: leak = 'attack' but the message carries no attack model")
-        net = _attack_net(rt.num_classes, rt.setting("attack_hidden", 32), 0).to(dev)
-        net.load_state_dict({k: torch.as_tensor(v) for k, v in attack_w.items()})
+    if p.leak == "attack":
+        net = _attack_net(rt.num_classes, p.attack_hidden, 0).to(dev)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in rt.record(ATTACK).items()})
         net.requires_grad_(False)
 
         def leak_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(net(_sorted_probs(z)).squeeze(1)).mean()
     else:
-        fit = [rt.setting(k, 1.0) for k in ("mu_in", "sd_in", "mu_out", "sd_out")]
+        fit = [rt.value(k, float) for k in ("mu_in", "sd_in", "mu_out", "sd_out")]
 
         def leak_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return gaussian_leak(phi(z, y), *fit)
@@ -338,9 +331,9 @@ def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     before, pm, ph = measure()
     metrics = {**leakage_metrics(pm, ph), "leak_before": before["leak"], "kl_before": before["kl"],
                "num-examples": float(len(xm))}
-    epochs = rt.setting("local_epochs", rt.cfg.train.local_epochs)
+    epochs = p.forget_epochs or rt.cfg.train.local_epochs
     gen = torch.Generator().manual_seed(rt.seed("forget"))
-    opt = torch.optim.Adam(model.parameters(), lr=rt.setting("forget_lr", 1e-3))
+    opt = torch.optim.Adam(model.parameters(), lr=p.forget_lr)
     model.train()
     total, seen = 0.0, 0
     for _ in range(epochs):
@@ -363,8 +356,8 @@ def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
 
 def ce_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """Remaining client: the objective's task term CE(D_r) with the training recipe (SGD with train.lr, momentum,
-    weight decay; the message may set ``lr`` and ``local_epochs``), exactly the plain FedAvg local step."""
-    return local_sgd(rt, weights, seed_label="ce")
+    weight decay, or ``remaining_lr``), exactly the plain FedAvg local step."""
+    return local_sgd(rt, weights, seed_label="ce", lr=rt.params(MiaLossParams).remaining_lr or None)
 
 
 MiaLoss.client_steps = {"mia_loss_fit": fit_step, "mia_loss_forget": forget_step, "mia_loss_ce": ce_step,

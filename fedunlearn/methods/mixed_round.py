@@ -9,14 +9,13 @@ clients (their loss under an edited model). ``MethodRounds`` does that with the 
 The client half: ``leakage_metrics`` (the A0 statistic a withdrawing client reports about itself: AUC of its
 members' logit-scaled confidence phi against its validation part, and the null band of docs/leakage.md), a
 differentiable ``phi``, two client steps these methods share (``self_leakage_step``: u's A0 check;
-``member_loss_step``: a remaining client's member CE under a model) and helpers to carry extra tensors (a
-generator, an attack model) next to the model weights in one message under a key prefix.
+``member_loss_step``: a remaining client's member CE under a model). Extra tensors (a generator, an attack model)
+travel as named weight sets beside the model (``records``), never as loose keys.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -27,15 +26,15 @@ from torch import nn
 
 from fedunlearn.audit.metrics import auc, null_band
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import ClientRuntime, StepOutput
-from fedunlearn.costs import Cost
 from fedunlearn.errors import PhaseFailed
-from fedunlearn.federation import ClientReply, Scalar
+from fedunlearn.fl.fedavg import FedAvgRounds, check_failure_share, sample_clients, weighted_average
+from fedunlearn.fl.protocol import ClientReply, Records, Scalar, StepOutput
+from fedunlearn.ledgers.costs import Cost
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds, check_failure_share, sample_clients, weighted_average
 from fedunlearn.training import evaluate, logits, seed_for
 
 if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
     from fedunlearn.methods.base import UnlearnJob
 
 log = logging.getLogger(__name__)
@@ -61,23 +60,10 @@ class MethodRounds:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Track work under phase ``name`` (cost row + ``ctx.phase``); not re-entrant."""
-        if self._open:
-            raise RuntimeError(f"{self.job.method}: phase {name!r} opened inside another phase")
-        costs = self.ctx.costs
-        row = self._rows.get(name)
-        if row is None:
-            self._rows[name] = costs.start(self.job.method, name)
-        else:
-            costs.current = row
-            row.wall_s -= time.perf_counter()
-        self.ctx.phase = self.job.phase(name)
-        self._open = True
-        try:
+        """Track work under phase ``name`` (``UnlearnJob.track``, reopening this call's row); not re-entrant."""
+        with self.job.track(name, resume=self._rows.get(name)) as row:
+            self._rows[name] = row
             yield
-        finally:
-            self._open = False
-            costs.stop()
 
     def note(self, name: str, **amounts: int) -> None:
         """Add amounts (e.g. ``rounds=1``) to phase ``name``'s cost row."""
@@ -89,14 +75,15 @@ class MethodRounds:
         return sample_clients(pids, self.ctx.cfg.train.fraction, seed_for(self.ctx.cfg.seed, self.job.phase(name), rnd))
 
     def send(self, name: str, pids: Sequence[int], step: str, weights: Weights | None,
-             config: dict[str, Scalar] | None = None, *, rnd: int = 0, rounds: int = 0,
-             required: bool = False) -> list[ClientReply]:
-        """Run ``step`` on ``pids`` (message config gets ``round = rnd``); ``required``: any failure fails the phase."""
+             config: dict[str, Scalar] | None = None, *, rnd: int = 0, rounds: int = 0, required: bool = False,
+             records: Records | None = None) -> list[ClientReply]:
+        """Run ``step`` on ``pids`` (message config gets ``round = rnd``, named weight sets ``records``);
+        ``required``: any failure fails the phase."""
         if not pids:
             return []
         with self.phase(name):
             self.ctx.costs.note(rounds=rounds)
-            replies = self.job.fed.send(pids, step, weights, {"round": rnd, **(config or {})})
+            replies = self.job.fed.send(pids, step, weights, {"round": rnd, **(config or {})}, records)
         failed = [r for r in replies if not r.ok]
         for r in failed:
             log.warning("%s round %d: client %d failed %s: %s", self.job.phase(name), rnd, r.pid, step, r.error)
@@ -183,21 +170,3 @@ def member_loss_step(rt: ClientRuntime, weights: Weights | None, message: dict[s
     loss, acc = evaluate(rt.model(weights), x, y, rt.device)
     return StepOutput(None, {"loss": loss, "accuracy": acc, "num-examples": float(len(x)),
                              "samples": float(len(x))})
-
-
-def split_extras(weights: Weights, prefix: str) -> tuple[Weights, Weights]:
-    """(entries without ``prefix``, entries with it, prefix stripped): extra tensors riding along with a model."""
-    rest, extra = Weights(), Weights()
-    for k, v in weights.items():
-        if k.startswith(prefix):
-            extra[k[len(prefix):]] = v
-        else:
-            rest[k] = v
-    return rest, extra
-
-
-def with_extras(weights: Weights, prefix: str, extra: Weights) -> Weights:
-    """``weights`` plus ``extra`` under ``prefix`` (one message carries both)."""
-    out = Weights(weights)
-    out.update((prefix + k, v) for k, v in extra.items())
-    return out

@@ -41,8 +41,9 @@ Departures and our choices (each one line in ``PGA.departures``):
 - the accuracy stop (stop when u's accuracy on D_u falls below ``early_stop_acc`` = 0.1, checked every
   ``check_every`` steps) is not in the notebook; our design keeps it as a floor, which the
   distance stop normally reaches first;
-- w_u travels to u with w_ref in the ascent message (key prefix ``__pga_wu__.``): u computed that model itself in
-  its last round, but our clients keep no state between messages, so the ledger counts one more model sent down;
+- w_u travels to u with w_ref in the ascent message (the named weight set ``withdrawn_local``): u computed that model
+  itself in its last round, but our clients keep no state between messages, so the ledger counts one more model sent
+  down;
 - post rounds: the notebook runs as many post rounds as training rounds, with local training capped at 51 steps
   (its training rounds ran full epochs); we keep the paper's "a few rounds", default 10% of
   R with the training recipe; ``post_local_epochs`` (our addition) shortens the local training of those rounds;
@@ -69,20 +70,23 @@ steps and u's validation ΔAUC stays +0.07: that is why the notebook's stop is n
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from fedunlearn.client import ClientRuntime, StepOutput
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import FedUnlearnError, PhaseFailed
+from fedunlearn.fl.fedavg import sample_clients
+from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
-from fedunlearn.methods.mixed_round import split_extras, with_extras
 from fedunlearn.models import Weights, build_model, get_weights, is_float_param
-from fedunlearn.rounds import sample_clients
 from fedunlearn.training import batches, evaluate, seed_for
+
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
 
 log = logging.getLogger(__name__)
 STEP = "pga_ascent"
@@ -91,7 +95,7 @@ STEP = "pga_ascent"
 #: the notebook's distance stop, 2.2 on ‖w − w_u‖², over its printed mean squared distance from w_ref to a random
 #: init (456.24): the same stop in the radius's yardstick
 NOTEBOOK_STOP_SHARE = 2.2 / 456.24
-WU = "__pga_wu__."  # key prefix of u's last local model riding with w_ref in the ascent message
+WU = "withdrawn_local"  # the weight set beside w_ref in the ascent message: u's last local model
 
 
 class PGAParams(MethodParams):
@@ -203,24 +207,22 @@ def ascent_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     accuracy on D_u falls below ``early_stop_acc``."""
     if weights is None:
         raise ValueError(f"{STEP}: needs the reference model")
-    w_ref, w_u = split_extras(weights, WU)
-    radius = rt.setting("radius", 0.0)
+    p = rt.params(PGAParams)
+    w_ref, w_u = weights, rt.records.get(WU, Weights())
+    radius = rt.value("radius", float)
     if radius <= 0:
         raise ValueError(f"{STEP}: needs a positive 'radius' (got {radius})")
-    stop_distance = rt.setting("stop_distance", 0.0)
+    stop_distance = rt.value("stop_distance", float)
     if stop_distance > 0 and not w_u:
-        raise ValueError(f"{STEP}: the distance stop needs u's last local model (prefix {WU!r})")
-    epochs = rt.setting("epochs", 5)
-    threshold = rt.setting("early_stop_acc", 0.1)
-    clip = rt.setting("clip_norm", 5.0)
-    check_every = rt.setting("check_every", 1)
-    batch_size = rt.setting("batch_size", rt.cfg.train.batch_size)
+        raise ValueError(f"{STEP}: the distance stop needs u's last local model (weight set {WU!r})")
+    epochs, threshold, clip, check_every = p.epochs, p.early_stop_acc, p.clip_norm, p.check_every
+    batch_size = p.batch_size or rt.cfg.train.batch_size
     x, y = rt.read("member")
     model = rt.model(w_ref)
     params = [p for p in model.parameters() if p.requires_grad]
     center = [p.detach().clone() for p in params]
     own = [p.detach().clone() for p in rt.model(w_u).parameters() if p.requires_grad] if w_u else []
-    opt = torch.optim.SGD(params, lr=rt.setting("lr", 0.01), momentum=rt.setting("momentum", 0.9))
+    opt = torch.optim.SGD(params, lr=p.lr, momentum=p.momentum)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     gen = torch.Generator().manual_seed(rt.seed(STEP))
     acc = evaluate(model, x, y, rt.device)[1]
@@ -309,7 +311,7 @@ class PGA(UnlearningMethod):
         super().__init__(params)
         self.trace: list[dict[str, float]] = []  # per withdrawn client: the ascent's reply metrics (tests, logs)
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: PGAParams = self.params  # type: ignore[assignment]
         w = self.ascend(job)
         rounds = p.post_rounds or default_rounds(0.1, job.rounds_trained)
@@ -323,12 +325,10 @@ class PGA(UnlearningMethod):
         with job.server("reference"):
             ref = self._reference(job, p)
         w = ref.weights
-        config = {"radius": ref.radius, "stop_distance": ref.stop_distance, "epochs": p.epochs,
-                  "early_stop_acc": p.early_stop_acc, "lr": p.lr, "momentum": p.momentum, "clip_norm": p.clip_norm,
-                  "check_every": p.check_every, "batch_size": p.batch_size or job.cfg.train.batch_size}
+        config = {"radius": ref.radius, "stop_distance": ref.stop_distance}  # this ascent's own values
         self.trace = []
         for u in job.withdrawn:
-            reply = job.send([u], STEP, with_extras(w, WU, ref.withdrawn_locals[u]), "ascent", config)[0]
+            reply = job.send([u], STEP, w, "ascent", config, records={WU: ref.withdrawn_locals[u]})[0]
             if not reply.ok or reply.weights is None:
                 raise PhaseFailed(f"pga: the ascent on client {u} failed: {reply.error}")
             self.trace.append({"client": float(u), **reply.metrics})
@@ -337,8 +337,6 @@ class PGA(UnlearningMethod):
 
     def _reference(self, job: UnlearnJob, p: PGAParams) -> Reference:
         """Server half: w_ref from w_T and u's last local model; δ and the distance stop from random inits."""
-        from fedunlearn.data.cache import experiment_data
-
         hist = job.fed.ctx.history
         locals_u: dict[int, Weights] = {}
         for u in job.withdrawn:
@@ -368,9 +366,8 @@ class PGA(UnlearningMethod):
     def _last_round_clients(job: UnlearnJob) -> int:
         """K: clients aggregated in the last training round (rounds log), else the seeded sampler's size."""
         r = job.rounds_trained
-        rows = [row for row in job.fed.ctx.rounds.rows
-                if row.get("phase") == "original" and str(row.get("round")) == str(r) and str(row.get("clients"))]
+        rows = [row for row in job.fed.ctx.rounds.rows if row.phase == "original" and row.round == r]
         if rows:
-            return int(rows[-1]["clients"])
+            return rows[-1].clients
         cfg = job.cfg
         return len(sample_clients(job.fed.pids, cfg.train.fraction, seed_for(cfg.seed, "original", r)))

@@ -17,5 +17,5 @@ class Retrain(UnlearningMethod):
     where = {"remaining": "R rounds of FedAvg from the initial weights"}
     granularity = ("client", "class")
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         return job.fedavg(job.initial, job.cfg.train.rounds, "retrain")

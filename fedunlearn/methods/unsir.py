@@ -114,23 +114,27 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 
-from fedunlearn.client import ClientRuntime, StepOutput
+from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import ConfigError, PhaseFailed
+from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
 from fedunlearn.training import TrainResult, batches, seed_for, train_epochs
 
+if TYPE_CHECKING:
+    from fedunlearn.engine.client import ClientRuntime
+
 log = logging.getLogger(__name__)
 NOISE_STEP, IMPAIR_STEP, REPAIR_STEP = "unsir_noise", "unsir_impair", "unsir_repair"
-EXTRA = "__unsir__."            # non-weight arrays travelling in the weights dict under this prefix
-NOISE_X, NOISE_Y = EXTRA + "noise_x", EXTRA + "noise_y"
+NOISE = "noise"                 # the weight set carrying the noise beside the model: arrays NOISE_X (and NOISE_Y)
+NOISE_X, NOISE_Y = "x", "y"
 LOW_LR = 1e-4
 NOTEBOOK_NOISE_RATIO = 20 * 256 * 2 / 8000  # the official notebook: 10,240 noise records against 8,000 retained
 
@@ -184,6 +188,32 @@ class UNSIRParams(MethodParams):
             return LOW_LR, LOW_LR
         step = train_lr / (1.0 - momentum)
         return (self.sample_impair_lr or step, self.sample_repair_lr or step)
+
+    def recipe(self, train: Any, class_mode: bool) -> Recipe:
+        """The impair / repair recipe of one mode, from these params and the training recipe ``train``: the server
+        and the clients derive it alike, so no hyperparameter travels in the messages."""
+        batch = self.batch_size or train.batch_size
+        if class_mode:
+            impair_lr, repair_lr = self.lrs
+            ratio = self.noise_ratio if self.noise_volume == "ratio" else 0.0  # 0 = absolute volume
+            return Recipe(self.noise_copies, ratio, impair_lr, repair_lr, self.impair_epochs, self.repair_epochs,
+                          batch)
+        impair_lr, repair_lr = self.sample_lrs(train.lr, train.momentum)
+        return Recipe(self.sample_noise_copies, 0.0, impair_lr, repair_lr, self.sample_impair_epochs,
+                      self.sample_repair_epochs, batch)
+
+
+class Recipe(NamedTuple):
+    """One mode's impair and repair settings (class mode: Adam repair and class-labelled noise; client mode: plain
+    SGD and noise labelled with the paired retained records' labels)."""
+
+    copies: int
+    ratio: float
+    impair_lr: float
+    repair_lr: float
+    impair_epochs: int
+    repair_epochs: int
+    batch_size: int
 
 
 # ----------------------------------------------------------------------------------------- pure numerics
@@ -338,13 +368,6 @@ def paired_impair_train(model: nn.Module, x: np.ndarray, y: np.ndarray, noise_x:
     return res, epochs * math.ceil(len(x) / batch_size)
 
 
-def split_extras(weights: Weights) -> tuple[Weights, Weights]:
-    """(model weights, extra arrays) of a weights dict that carries UNSIR's noise."""
-    model = Weights((k, v) for k, v in weights.items() if not k.startswith(EXTRA))
-    extra = Weights((k, v) for k, v in weights.items() if k.startswith(EXTRA))
-    return model, extra
-
-
 def _classes(setting: str) -> set[int]:
     return {int(c) for c in setting.split(",") if c.strip()}
 
@@ -362,39 +385,41 @@ def noise_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, An
     low, high = float(np.min(x)), float(np.max(x))
     xt = torch.as_tensor(x, dtype=torch.float32)
     gen = torch.Generator().manual_seed(rt.seed(NOISE_STEP))
-    steps = rt.setting("steps", 5)
+    p = rt.params(UNSIRParams)
+    steps = p.sample_noise_steps
     noises, before, after = [], [], []
-    for idx in batches(len(xt), rt.setting("batch_size", 32), gen):
-        n, b, a = sample_noise(model, xt[idx].to(rt.device), steps=steps, lr=rt.setting("lr", 0.01),
+    for idx in batches(len(xt), p.batch_size or rt.cfg.train.batch_size, gen):
+        n, b, a = sample_noise(model, xt[idx].to(rt.device), steps=steps, lr=p.sample_noise_lr,
                                low=low, high=high, generator=gen)
         noises.append(n.cpu().numpy())
         before.append(b * len(idx))
         after.append(a * len(idx))
     out = Weights([(NOISE_X, np.concatenate(noises).astype(np.float32))])
-    return StepOutput(out, {"num-examples": float(len(x)), "samples": float(len(x) * steps),
-                            "mse_before": float(sum(before) / len(x)), "mse_after": float(sum(after) / len(x))})
+    return StepOutput(None, {"num-examples": float(len(x)), "samples": float(len(x) * steps),
+                             "mse_before": float(sum(before) / len(x)), "mse_after": float(sum(after) / len(x))},
+                      records={NOISE: out})
 
 
 def impair_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """A remaining client's impair on the forwarded noise and its retained subset (class or client mode)."""
     if weights is None:
         raise ValueError(f"{IMPAIR_STEP}: needs the model")
-    model_w, extra = split_extras(weights)
-    copies = rt.setting("copies", 1)
-    if copies > 0 and NOISE_X not in extra:
-        raise ValueError(f"{IMPAIR_STEP}: no noise in the message")
+    class_mode = bool(_forget_classes(rt))
+    rc = rt.params(UNSIRParams).recipe(rt.cfg.train, class_mode)
+    copies = rc.copies
+    extra = rt.record(NOISE) if copies > 0 else rt.records.get(NOISE, Weights())
     x, y = _retained(rt)
-    model = rt.model(model_w)
-    kw = dict(lr=rt.setting("lr", 0.02), batch_size=rt.setting("batch_size", 32), epochs=rt.setting("epochs", 1),
-              seed=rt.seed(IMPAIR_STEP), device=rt.device)
+    model = rt.model(weights)
+    kw = dict(lr=rc.impair_lr, batch_size=rc.batch_size, epochs=rc.impair_epochs, seed=rt.seed(IMPAIR_STEP),
+              device=rt.device)
     noise_x = extra.get(NOISE_X, np.zeros((0, *x.shape[1:]), np.float32))
-    if rt.setting("mode", "class") == "client":
+    if not class_mode:
         res, steps = paired_impair_train(model, x, y, noise_x, copies=copies,
                                          noise_seed=rt.seed(IMPAIR_STEP, "noise"), **kw)
         n_noise = copies * len(x) if copies > 0 and len(noise_x) else 0
     else:
         noise_y = extra.get(NOISE_Y, np.zeros(0, np.int64))
-        n_noise = noise_count(len(x), ratio=rt.setting("ratio", 0.0) or None, copies=copies,
+        n_noise = noise_count(len(x), ratio=rc.ratio or None, copies=copies,
                               noise_total=len(noise_x))
         res, steps = impair_train(model, x, y, noise_x, noise_y, n_noise=n_noise, **kw)
     return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
@@ -407,10 +432,11 @@ def repair_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     if weights is None:
         raise ValueError(f"{REPAIR_STEP}: needs the model")
     x, y = _retained(rt)
-    model = rt.model(split_extras(weights)[0])
-    lr, bs, epochs = rt.setting("lr", 0.01), rt.setting("batch_size", 32), rt.setting("epochs", 1)
-    opt = (torch.optim.SGD(model.parameters(), lr=lr) if rt.setting("mode", "class") == "client"
-           else torch.optim.Adam(model.parameters(), lr=lr))
+    model = rt.model(weights)
+    class_mode = bool(_forget_classes(rt))
+    rc = rt.params(UNSIRParams).recipe(rt.cfg.train, class_mode)
+    lr, bs, epochs = rc.repair_lr, rc.batch_size, rc.repair_epochs
+    opt = torch.optim.Adam(model.parameters(), lr=lr) if class_mode else torch.optim.SGD(model.parameters(), lr=lr)
     res = train_epochs(model, x, y, epochs=epochs, batch_size=bs, optimizer=opt, seed=rt.seed(REPAIR_STEP),
                        device=rt.device)
     return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
@@ -421,8 +447,13 @@ def repair_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
 def _retained(rt: ClientRuntime) -> tuple[np.ndarray, np.ndarray]:
     """The client's retained subset; seeded per client only, so impair and repair use the same records."""
     x, y = rt.read("member")
-    return retained_subset(x, y, _classes(rt.setting("forget_classes", "")), rt.setting("per_class", 1000),
+    return retained_subset(x, y, _forget_classes(rt), rt.params(UNSIRParams).per_class,
                            seed_for(rt.cfg.seed, "unsir", "retained", rt.pid))
+
+
+def _forget_classes(rt: ClientRuntime) -> set[int]:
+    """The classes this unlearning forgets (the job's value, sent with its messages; empty in client mode)."""
+    return _classes(str(rt.message.get("forget_classes", "")))
 
 
 # ----------------------------------------------------------------------------------------- method
@@ -462,37 +493,21 @@ class UNSIR(UnlearningMethod):
     )
     client_steps = {NOISE_STEP: noise_step, IMPAIR_STEP: impair_step, REPAIR_STEP: repair_step}
 
-    def unlearn(self, job: UnlearnJob) -> Weights:
+    def run(self, job: UnlearnJob) -> Weights:
         p: UNSIRParams = self.params  # type: ignore[assignment]
-        batch = p.batch_size or job.cfg.train.batch_size
-        common: dict[str, Any] = {"forget_classes": ",".join(map(str, sorted(job.forget_classes))),
-                                  "per_class": p.per_class, "batch_size": batch}
-        if job.forget_classes:
-            impair_lr, repair_lr = p.lrs
-            ratio = p.noise_ratio if p.noise_volume == "ratio" else 0.0  # 0 = absolute volume
-            impair = {**common, "mode": "class", "copies": p.noise_copies, "ratio": ratio,
-                      "lr": impair_lr, "epochs": p.impair_epochs}
-            repair = {**common, "mode": "class", "lr": repair_lr, "epochs": p.repair_epochs}
-            copies = p.noise_copies
-        else:
-            impair_lr, repair_lr = p.sample_lrs(job.cfg.train.lr, job.cfg.train.momentum)
-            impair = {**common, "mode": "client", "copies": p.sample_noise_copies, "lr": impair_lr,
-                      "epochs": p.sample_impair_epochs}
-            repair = {**common, "mode": "client", "lr": repair_lr, "epochs": p.sample_repair_epochs}
-            copies = p.sample_noise_copies
+        job_values = {"forget_classes": ",".join(map(str, sorted(job.forget_classes)))}  # empty: client mode
+        copies = p.recipe(job.cfg.train, bool(job.forget_classes)).copies
         w = job.start
         for r in range(p.impair_rounds):
-            noise = Weights()
+            noise = None
             if copies > 0:  # the ablation fits and sends no noise (u is not addressed at all)
-                noise = self._server_noise(job, p, w, r) if job.forget_classes else self._client_noise(job, p, w)
-            w = job.fedavg(Weights(list(w.items()) + list(noise.items())), 1, "impair", step=IMPAIR_STEP,
-                           fraction=1.0, config=impair)
-        return job.fedavg(w, p.repair_rounds, "repair", step=REPAIR_STEP, fraction=1.0, config=repair)
+                noise = self._server_noise(job, p, w, r) if job.forget_classes else self._client_noise(job, w)
+            w = job.fedavg(w, 1, "impair", step=IMPAIR_STEP, fraction=1.0, config=job_values,
+                           records={NOISE: noise} if noise is not None else None)
+        return job.fedavg(w, p.repair_rounds, "repair", step=REPAIR_STEP, fraction=1.0, config=job_values)
 
     def _server_noise(self, job: UnlearnJob, p: UNSIRParams, weights: Weights, rnd: int = 0) -> Weights:
         """Class mode: the server fits one noise batch per forgotten class from the model alone."""
-        from fedunlearn.data.cache import experiment_data
-
         ds = experiment_data(job.cfg)[0]  # shapes and class count only: no client records are read
         bad = [c for c in job.forget_classes if not 0 <= c < ds.num_classes]
         if bad:
@@ -509,15 +524,13 @@ class UNSIR(UnlearningMethod):
             ys = [np.full(p.noise_samples, c, dtype=np.int64) for c in classes]
         return Weights([(NOISE_X, np.concatenate(xs)), (NOISE_Y, np.concatenate(ys))])
 
-    def _client_noise(self, job: UnlearnJob, p: UNSIRParams, weights: Weights) -> Weights:
+    def _client_noise(self, job: UnlearnJob, weights: Weights) -> Weights:
         """Client mode: each withdrawing client fits noise against its own forget batches and sends it."""
-        config = {"steps": p.sample_noise_steps, "lr": p.sample_noise_lr,
-                  "batch_size": p.batch_size or job.cfg.train.batch_size}
-        replies = job.send(job.withdrawn, NOISE_STEP, weights, "noise", config)
-        bad = [r for r in replies if not r.ok or r.weights is None]
+        replies = job.send(job.withdrawn, NOISE_STEP, weights, "noise")
+        bad = [r for r in replies if not r.ok or NOISE not in r.records]
         if bad:
             raise PhaseFailed("unsir: noise step failed: " + "; ".join(f"client {r.pid}: {r.error}" for r in bad))
         for r in replies:
             log.info("unsir: client %d noise, logit MSE %.4g -> %.4g", r.pid, r.metrics.get("mse_before", 0.0),
                      r.metrics.get("mse_after", 0.0))
-        return Weights([(NOISE_X, np.concatenate([r.weights[NOISE_X] for r in replies]))])  # type: ignore[index]
+        return Weights([(NOISE_X, np.concatenate([r.records[NOISE][NOISE_X] for r in replies]))])

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedunlearn.audit.attacks import ATTACKS
-from fedunlearn.rundir import fl_finished
+from fedunlearn.rundir import fl_finished, read_config
 from fedunlearn.stages.inference import ORACLE, ORIGINAL, compute_signals, model_names, null_model_names
 from fedunlearn.stages.rmia import load_references
 from fedunlearn.stages.scoring import (
@@ -49,16 +49,15 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     and ``signals/scores.npz``; returns the summary.
 
     ``seeds`` (default ``audit.seeds``) > 0 adds the A2 seed-distribution audit over the replicas in ``seeds/``,
-    which the pipeline trains before the audit (``fedunlearn.seeds.train_seed_runs``; ``fedunlearn audit --seeds M``
-    runs it first): the audit only reads saved models and never trains.
+    which the pipeline trains before the audit (``fedunlearn.engine.replicas.train_seed_runs``;
+    ``fedunlearn audit --seeds M`` runs it first): the audit only reads saved models and never trains.
     """
-    from fedunlearn.access import AccessLog, DataRead, WithdrawalWindow
-    from fedunlearn.config import load_config
     from fedunlearn.data import load_partitions
     from fedunlearn.errors import ConfigError
+    from fedunlearn.ledgers.access import AccessLog, DataRead, WithdrawalWindow
 
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.toml")
+    cfg = read_config(run_dir)
     attacks = attacks or cfg.audit.attacks
     seeds = seed_count(cfg, seeds)
     parts = load_partitions(run_dir / "partitions.npz")

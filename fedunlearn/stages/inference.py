@@ -49,9 +49,9 @@ class ModelSignals:
 
 def model_names(run_dir: Path) -> list[str]:
     """The audited models: original, the methods (in the config's order), retrain; never ``NOT_AUDITED``."""
-    from fedunlearn.config import load_config
+    from fedunlearn.rundir import read_config
 
-    cfg = load_config(run_dir / "config.toml")
+    cfg = read_config(run_dir)
     present = {p.stem for p in (run_dir / "models").glob("*.pt") if not is_null_model(p.stem)} - NOT_AUDITED
     ordered = [ORIGINAL] + [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
     return [m for m in ordered if m in present]
@@ -72,13 +72,13 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
             if fresh:
                 return ModelSignals(RecordSignals(z["prob_true"], z["phi"]), z["pool_correct"], z["test_correct"],
                                     RecordSignals(z["test_prob_true"], z["test_phi"]))
-    from fedunlearn.config import load_config
     from fedunlearn.data.cache import experiment_data
     from fedunlearn.io import atomic_save_npz
     from fedunlearn.models import build_model, load_weights, resolve_device, set_weights
+    from fedunlearn.rundir import read_config
     from fedunlearn.training import logits
 
-    cfg = load_config(run_dir / "config.toml")
+    cfg = read_config(run_dir)
     ds, _ = experiment_data(cfg)
     device = resolve_device(cfg.sim.device)
     model = set_weights(build_model(cfg.model, ds.input_shape, ds.num_classes), load_weights(model_path))

@@ -300,9 +300,9 @@ def plot_vulnerable_records(run_dir: Path) -> Path | None:
     rows = _read_csv(run_dir / "vulnerable_records.csv")
     if not rows:
         return None
-    from fedunlearn.config import load_config
+    from fedunlearn.rundir import read_config
 
-    cfg = load_config(run_dir / "config.toml")
+    cfg = read_config(run_dir)
     if cfg.data.dataset == "synthetic":
         return None
     from fedunlearn.data.cache import experiment_data

@@ -1,6 +1,6 @@
 """A2 over the seed replicas' saved models (docs/leakage.md): per-example U-LiRA and the NeurIPS-2023 epsilon of every
-model against retrain. The replicas are trained by a pipeline step before the audit (``fedunlearn.seeds``); this
-stage only reads them."""
+model against retrain. The replicas are trained by a pipeline step before the audit
+(``fedunlearn.engine.replicas``); this stage only reads them."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
                   margins: dict[str, float] | None = None) -> dict:
     """Per model: utility, the withdrawn clients' leakage (pooled over withdrawn clients) vs retrain and vs the
     original, the forgetting rate, costs; plus the RMIA set-up and the per-method verdicts."""
-    from fedunlearn.costs import CostLedger
+    from fedunlearn.ledgers.costs import CostLedger
 
     withdrawn = sorted(cfg.withdraw.clients)
     w_mem, w_hold, r_mem = forget_sets(cfg, parts)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config
+from fedunlearn.config.load import load_config
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import METHODS
-from fedunlearn.runner import run
+from fedunlearn.pipeline import run
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

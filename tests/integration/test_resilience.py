@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from fedunlearn.config import load_config, to_toml
-from fedunlearn.runner import run
+from fedunlearn.config.load import load_config, to_toml
+from fedunlearn.pipeline import run
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

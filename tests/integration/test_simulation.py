@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config
-from fedunlearn.runner import run
+from fedunlearn.config.load import load_config
+from fedunlearn.ledgers.access import read_access_log
+from fedunlearn.pipeline import run
 from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
 
 pytestmark = pytest.mark.slow

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedunlearn.access import read_access_log
 from fedunlearn.audit.metrics import benjamini_hochberg
 from fedunlearn.audit.signals import RecordSignals
-from fedunlearn.experiment import reference_halves
-from fedunlearn.runner import run
+from fedunlearn.engine.phases import reference_halves
+from fedunlearn.ledgers.access import read_access_log
+from fedunlearn.pipeline import run
 from fedunlearn.stages.inference import ModelSignals
 from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
 from fedunlearn.stages.summary import withdrawn_forgetting
@@ -186,7 +186,7 @@ def test_verdict_margin_comes_from_the_retrain_null(strong_run: Path) -> None:
 
 def test_audit_reads_are_their_own_kind_in_the_ledger(strong_run: Path) -> None:
     """Only the audit reads audit records, and the ledger says so: split ``audit``, purpose ``audit``."""
-    from fedunlearn.access import read_access_log
+    from fedunlearn.ledgers.access import read_access_log
 
     rows = read_access_log(strong_run / "data_access.csv")
     audit_rows = [r for r in rows if r["split"] == "audit"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedunlearn.config import DataConfig
+from fedunlearn.config.load import load_config
+from fedunlearn.config.schema import DataConfig
 from fedunlearn.data import (
     DATASETS,
     PARTITIONERS,
@@ -123,8 +124,8 @@ def test_shards_too_few_records() -> None:
 
 
 def test_unknown_partitioner_rejected_by_config() -> None:
-    with pytest.raises(ValueError, match="iid"):
-        DataConfig(partition="nope")
+    with pytest.raises(ConfigError, match=r"data.partition: unknown partitioner 'nope'; allowed: .*iid"):
+        load_config(None, ["data.partition=nope"])
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -162,7 +163,7 @@ def test_validation_audit_split_needs_two_held_out_records() -> None:
 
 
 def test_validation_share_is_validated() -> None:
-    from fedunlearn.config import load_config
+    from fedunlearn.config.load import load_config
 
     for bad in ("0", "1", "1.5", '"x"'):
         with pytest.raises(ConfigError, match="data.validation"):

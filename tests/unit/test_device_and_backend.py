@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedunlearn.client import client_device
+from fedunlearn.engine.client import client_device
 from fedunlearn.errors import ConfigError
 from fedunlearn.models import resolve_device
 from fedunlearn.simulation import RayMemorySampler, backend_config

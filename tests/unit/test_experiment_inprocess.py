@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-from fedunlearn.access import read_access_log
-from fedunlearn.runner import run
+from fedunlearn.ledgers.access import read_access_log
+from fedunlearn.pipeline import run
 from tests.conftest import tiny_config
 
 

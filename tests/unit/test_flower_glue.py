@@ -7,9 +7,9 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from clients.client_app import query, train
-from fedunlearn.access import read_access_log
-from fedunlearn.rounds import FedAvgRounds
-from strategies.records import from_arrays, parse_reply, request_content, to_arrays
+from clients.records import from_arrays, parse_reply, request_content, to_arrays
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.ledgers.access import read_access_log
 from strategies.withdrawal_fedavg import WithdrawalFedAvg
 from tests.conftest import make_tiny_federation
 

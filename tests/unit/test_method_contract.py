@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import tomllib
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import ExperimentConfig, to_toml
-from fedunlearn.experiment import Phases
+from fedunlearn.config.load import config_from_dict, to_toml
+from fedunlearn.config.schema import ExperimentConfig
+from fedunlearn.engine.phases import Phases
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import METHODS
 from fedunlearn.models import build_model, set_weights
 from fedunlearn.training import evaluate
@@ -45,9 +46,11 @@ def test_params_round_trip_through_toml(name: str) -> None:
     cfg = tiny_config(f'unlearn.methods=["retrain","{name}"]') if name != "retrain" else tiny_config()
     data = cfg.model_dump(mode="json")
     data["unlearn"][name] = METHODS.get(name).Params().model_dump(mode="json")
-    cfg = ExperimentConfig.model_validate(data)
-    again = ExperimentConfig.model_validate(tomllib.loads(to_toml(cfg)))
+    cfg = config_from_dict(data)
+    again = config_from_dict(tomllib.loads(to_toml(cfg)))
     assert again.unlearn.params(name) == cfg.unlearn.params(name)
+    cls = type(cfg.unlearn.params(name))  # and what a client rebuilds from the TOML with the schema alone
+    assert ExperimentConfig.model_validate(tomllib.loads(to_toml(cfg))).unlearn.method_params(name, cls) == cls()
 
 
 @pytest.mark.parametrize("name", [m for m in ALL if m != "retrain"])
@@ -99,7 +102,7 @@ def test_no_step_reads_audit_records(tmp_path, monkeypatch, name: str) -> None:
 
     import numpy as np
 
-    import fedunlearn.client as client_mod
+    import fedunlearn.engine.client as client_mod
     from fedunlearn.models import load_weights
 
     real = client_mod.experiment_data
@@ -121,7 +124,7 @@ def test_no_step_reads_audit_records(tmp_path, monkeypatch, name: str) -> None:
 
 
 def test_client_runtime_refuses_audit_reads(tiny_fed) -> None:
-    from fedunlearn.client import ClientRuntime
+    from fedunlearn.engine.client import ClientRuntime
     from fedunlearn.errors import PrivacyViolation
 
     rt = ClientRuntime(1, tiny_fed.cfg, {"step": "train"})

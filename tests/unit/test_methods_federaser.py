@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import FedUnlearnError
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
 from fedunlearn.methods.federaser import FedEraserParams, apply_update, calibrate, calibration_epochs
 from fedunlearn.models import Weights, build_model, set_weights
@@ -92,7 +92,7 @@ def test_federaser_unlearns_from_history_without_u(trained, monkeypatch):
     assert mine and all(r["client"] != "0" for r in mine)
     assert {r["purpose"] for r in mine} == {"federaser_calibrate"}
     # the round log got one row per calibrated round
-    assert [r["round"] for r in tf.ctx.rounds.rows if r["phase"] == "federaser.calibrate"][-len(stored):] == stored
+    assert [r.round for r in tf.ctx.rounds.rows if r.phase == "federaser.calibrate"][-len(stored):] == stored
 
 
 def test_federaser_is_deterministic(trained):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.access import read_access_log
 from fedunlearn.audit.attacks import a0_threshold, forgetting_rate
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
 from fedunlearn.methods.forsaken import (
     Forsaken,

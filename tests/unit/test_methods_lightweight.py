@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
 from fedunlearn.methods.finetune import Finetune, FinetuneParams
 from fedunlearn.methods.lightweight import Lightweight, LightweightParams, perturb

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.access import read_access_log
 from fedunlearn.audit.metrics import auc
 from fedunlearn.audit.signals import phi_from_logits
-from fedunlearn.client import ClientRuntime
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
+from fedunlearn.engine.client import ClientRuntime
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
 from fedunlearn.methods.mia_loss import MiaLoss, MiaLossParams, ce_step, gaussian_leak, mean_softmax_kl, mixed_weights
 from fedunlearn.models import Weights, build_model, set_weights
@@ -105,8 +105,8 @@ def _capture(tf) -> list[tuple[str, list]]:
     sent: list[tuple[str, list]] = []
     send = tf.fed.send
 
-    def spy(pids, step, weights, config=None):
-        replies = send(pids, step, weights, config)
+    def spy(pids, step, weights, config=None, records=None):
+        replies = send(pids, step, weights, config, records)
         sent.append((step, replies))
         return replies
 
@@ -229,7 +229,7 @@ def test_window_and_ledger(tmp_path, w_t):
     method.unlearn(tf.job("mia_loss", w_t))
     cycles = len(method.trace)
     assert 1 <= cycles <= 3 and method.trace[-1]["verify.gone.0"] == 1.0
-    phases = [r["phase"] for r in tf.ctx.rounds.rows]
+    phases = [r.phase for r in tf.ctx.rounds.rows]
     assert phases.count("mia_loss.unlearn") == cycles and phases.count("mia_loss.repair") == 2 * cycles
     ledger = {r.phase: r.rounds for r in tf.ctx.costs.rows if r.method == "mia_loss"}
     assert ledger == {"fit": 1, "unlearn": cycles, "repair": 2 * cycles, "verify": cycles}

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import FedUnlearnError
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
-from fedunlearn.methods.mixed_round import with_extras
 from fedunlearn.methods.pga import (
     NOTEBOOK_STOP_SHARE,
     PGA,
@@ -117,14 +116,22 @@ def test_server_reference_uses_last_round_and_u_last_local(trained):
     assert ref.stop_distance == pytest.approx(2.2 / 456.24 * np.mean(sq), rel=1e-6)
 
 
-def _send_ascent(job, w_ref, w_u, **config):
-    """One ascent message; ``w_u`` None sends w_ref alone."""
-    weights = w_ref if w_u is None else with_extras(w_ref, WU, w_u)
-    base = {"radius": 1e3, "stop_distance": 0.0, "epochs": 1, "early_stop_acc": 0.0, "lr": 0.01, "momentum": 0.9,
-            "clip_norm": 5.0, "check_every": 1, "batch_size": 32}
-    reply = job.send([0], "pga_ascent", weights, "ascent", {**base, **config})[0]
+def _send_ascent(job, w_ref, w_u, radius=1e3, stop_distance=0.0, **params):
+    """One ascent message under PGAParams(**params) (the clients read them from the config); ``w_u`` None sends
+    w_ref alone; radius and the distance stop are the message's own values."""
+    base = {"epochs": 1, "early_stop_acc": 0.0, "lr": 0.01, "momentum": 0.9, "clip_norm": 5.0, "check_every": 1,
+            "batch_size": 32}
+    with job.fed.ctx.method_params("pga", PGAParams(**{**base, **params})):
+        reply = job.send([0], "pga_ascent", w_ref, "ascent", {"radius": radius, "stop_distance": stop_distance},
+                         records=None if w_u is None else {WU: w_u})[0]
     assert reply.ok, reply.error
     return reply
+
+
+def _ascend(method, job):
+    """``method.ascend`` alone, with the method's params in the config the clients read (``unlearn`` does that)."""
+    with job.fed.ctx.method_params("pga", method.params):
+        return method.ascend(job)
 
 
 def test_ascent_uses_sgd_momentum_as_the_notebook(trained):
@@ -207,7 +214,7 @@ def test_default_ascent_moves_much_further_than_without_momentum(trained):
     0.024 -> 0.106 of a radius 3.29, rise of u's member loss 0.006 -> 0.028)."""
     tf, w_t = trained
     new, old = PGA(), PGA(PGAParams(momentum=0.0, stop_share=0.0))
-    w_new, w_old = new.ascend(tf.job("pga", w_t)), old.ascend(tf.job("pga", w_t))
+    w_new, w_old = (_ascend(m, tf.job("pga", w_t)) for m in (new, old))
     a, b = new.trace[0], old.trace[0]
     assert a["steps"] == b["steps"] == 10
     assert a["distance"] > 3 * b["distance"]
@@ -223,17 +230,12 @@ def test_ascent_stays_inside_the_ball_and_raises_u_loss(trained):
     job = tf.job("pga", w_t)
     w_ref = PGA()._reference(job, PGAParams()).weights
     radius = 0.2  # small, and a large lr: the projection must bind
-    reply = job.send([0], "pga_ascent", w_ref, "ascent",
-                     {"radius": radius, "epochs": 3, "early_stop_acc": 0.0, "lr": 0.5, "clip_norm": 5.0,
-                      "check_every": 1, "batch_size": 32})[0]
-    assert reply.ok, reply.error
+    reply = _send_ascent(job, w_ref, None, radius=radius, epochs=3, lr=0.5)
     assert distance(reply.weights, w_ref) <= radius * (1 + 1e-5)
     assert distance(reply.weights, w_ref) == pytest.approx(radius, rel=1e-3)
     assert _on_u(tf, reply.weights)[0] > _on_u(tf, w_ref)[0]
     # and it stops early once accuracy on D_u falls below the threshold
-    reply = job.send([0], "pga_ascent", w_ref, "ascent",
-                     {"radius": 50.0, "epochs": 5, "early_stop_acc": 0.5, "lr": 0.5, "clip_norm": 5.0,
-                      "check_every": 1, "batch_size": 32})[0]
+    reply = _send_ascent(job, w_ref, None, radius=50.0, epochs=5, early_stop_acc=0.5, lr=0.5)
     assert reply.metrics["early_stopped"] == 1.0 and reply.metrics["accuracy"] < 0.5
     assert reply.metrics.get("stop_reason", 2.0) == 2.0
 

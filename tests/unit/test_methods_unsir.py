@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedunlearn.access import read_access_log
-from fedunlearn.config import load_config, to_toml
+from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
 from fedunlearn.methods.unsir import (
     IMPAIR_STEP,
+    NOISE,
     NOISE_X,
     NOISE_Y,
     REPAIR_STEP,
@@ -24,7 +25,6 @@ from fedunlearn.methods.unsir import (
     class_noise,
     retained_subset,
     sample_noise,
-    split_extras,
 )
 from fedunlearn.models import Weights, build_model, get_weights, set_weights
 from fedunlearn.training import evaluate, seed_for, train_epochs
@@ -108,12 +108,6 @@ def test_retained_subset_excludes_classes_and_caps_each():
     np.testing.assert_array_equal(xs, xs2)
 
 
-def test_split_extras():
-    w = Weights([("fc.weight", np.ones(2)), (NOISE_X, np.zeros((3, 2))), (NOISE_Y, np.zeros(3, np.int64))])
-    model, extra = split_extras(w)
-    assert list(model) == ["fc.weight"] and list(extra) == [NOISE_X, NOISE_Y]
-
-
 def test_class_level_unsir_forgets_the_class(short):
     tf, w_t = short
     _withdraw_class(tf, 0)  # class mode needs no forget data: it runs after the window closed
@@ -139,10 +133,10 @@ def test_federated_impair_is_weaker_than_central(short):
     batch = tf.cfg.train.batch_size
     job = tf.job("unsir", w_t, withdrawn=(), forget_classes=[0])
     noise = UNSIR(p)._server_noise(job, p, w_t)
-    config = {"forget_classes": "0", "per_class": p.per_class, "batch_size": batch, "mode": "class",
-              "copies": p.noise_copies, "ratio": p.noise_ratio, "lr": p.impair_lr, "epochs": 1}
-    federated = job.fedavg(Weights(list(w_t.items()) + list(noise.items())), 1, "impair", step=IMPAIR_STEP,
-                           fraction=1.0, config=config)
+    one_epoch = p.model_copy(update={"impair_epochs": 1, "noise_volume": "ratio"})
+    with job.fed.ctx.method_params("unsir", one_epoch):
+        federated = job.fedavg(w_t, 1, "impair", step=IMPAIR_STEP, fraction=1.0, config={"forget_classes": "0"},
+                               records={NOISE: noise})
     ds, parts = experiment_data(tf.cfg)
     pooled = [retained_subset(ds.x_train[parts.members[k]], ds.y_train[parts.members[k]], {0}, p.per_class,
                               seed_for(tf.cfg.seed, "unsir", "retained", k)) for k in job.remaining]
@@ -170,11 +164,13 @@ def test_client_level_unsir_within_the_window(trained):
 def test_client_noise_step_sends_noise_only_with_a_higher_mse(trained):
     """u's reply is the noise alone: no labels leave u (the remaining clients label it with their own records)."""
     tf, w_t = trained
-    reply = tf.job("unsir", w_t).fed.send([0], "unsir_noise", w_t, {"steps": 5, "lr": 0.01, "batch_size": 32})[0]
+    job = tf.job("unsir", w_t)
+    with job.fed.ctx.method_params("unsir", UNSIRParams(sample_noise_steps=5, sample_noise_lr=0.01, batch_size=32)):
+        reply = job.send([0], "unsir_noise", w_t, "noise")[0]
     assert reply.ok, reply.error
     assert reply.metrics["mse_after"] > reply.metrics["mse_before"]
-    assert list(reply.weights) == [NOISE_X]
-    assert len(reply.weights[NOISE_X]) == reply.metrics["num-examples"]
+    assert reply.weights is None and list(reply.records) == [NOISE] and list(reply.records[NOISE]) == [NOISE_X]
+    assert len(reply.records[NOISE][NOISE_X]) == reply.metrics["num-examples"]
 
 
 def test_unsir_is_deterministic(trained):
@@ -274,8 +270,11 @@ def test_impair_and_repair_take_several_steps_per_client_in_both_modes(trained, 
     build_method("unsir").unlearn(tf.job("unsir", w_t))
     remaining = len(tf.fed.pids) - 1
     assert counts["unsir.impair"] / remaining >= 4 and counts["unsir.repair"] / remaining >= 4
-    replies = tf.fed.send([1], IMPAIR_STEP, Weights(list(w_t.items()) + [(NOISE_X, ds.x_train[:40])]),
-                          {"mode": "client", "copies": 1, "lr": 0.01, "batch_size": 32, "epochs": 2})
+    job = tf.job("unsir", w_t)
+    p = UNSIRParams(sample_noise_copies=1, sample_impair_lr=0.01, batch_size=32, sample_impair_epochs=2)
+    with job.fed.ctx.method_params("unsir", p):
+        replies = job.send([1], IMPAIR_STEP, w_t, "impair", {"forget_classes": ""},
+                           records={NOISE: Weights([(NOISE_X, ds.x_train[:40])])})
     n = replies[0].metrics["num-examples"]
     assert replies[0].metrics["steps"] == 2 * np.ceil(n / 32)
     assert replies[0].metrics["samples"] == 2 * 2 * n  # retained + as many paired noise inputs, two epochs
@@ -290,7 +289,7 @@ def test_impair_and_repair_take_several_steps_per_client_in_both_modes(trained, 
 def test_noise_copies_zero_is_the_retained_only_ablation(trained):
     """sample_noise_copies = 0: u is not addressed, no noise is sent, and the impair rounds are plain SGD on each
     remaining client's retained subset — the same FedAvg result as a step that does exactly that."""
-    from fedunlearn.client import CLIENT_STEPS
+    from fedunlearn.fl.protocol import CLIENT_STEPS
     from fedunlearn.methods import unsir as mod
 
     tf, w_t = trained
@@ -303,21 +302,21 @@ def test_noise_copies_zero_is_the_retained_only_ablation(trained):
 
     def sgd_on_retained(rt, weights, message):
         x, y = mod._retained(rt)
-        model = rt.model(split_extras(weights)[0])
-        res = train_epochs(model, x, y, epochs=rt.setting("epochs", 1), batch_size=rt.setting("batch_size", 32),
-                           optimizer=torch.optim.SGD(model.parameters(), lr=rt.setting("lr", 0.1)),
+        model = rt.model(weights)
+        rc = rt.params(UNSIRParams).recipe(rt.cfg.train, class_mode=False)
+        res = train_epochs(model, x, y, epochs=rc.impair_epochs, batch_size=rc.batch_size,
+                           optimizer=torch.optim.SGD(model.parameters(), lr=rc.impair_lr),
                            seed=rt.seed(IMPAIR_STEP), device=rt.device)
         return mod.StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples)})
 
     if "test_unsir_sgd_on_retained" not in CLIENT_STEPS.names():
         CLIENT_STEPS.register("test_unsir_sgd_on_retained")(sgd_on_retained)
     job = tf.job("unsir", w_t)
-    lr = tf.cfg.train.lr
-    common = {"forget_classes": "", "per_class": p.per_class, "batch_size": tf.cfg.train.batch_size, "lr": lr}
-    ref = job.fedavg(w_t, 1, "impair", step="test_unsir_sgd_on_retained", fraction=1.0,
-                     config={**common, "epochs": p.sample_impair_epochs})
-    ref = job.fedavg(ref, 1, "repair", step=REPAIR_STEP, fraction=1.0,
-                     config={**common, "mode": "client", "epochs": p.sample_repair_epochs})
+    assert p.recipe(tf.cfg.train, class_mode=False).impair_lr == tf.cfg.train.lr / (1 - tf.cfg.train.momentum)
+    with job.fed.ctx.method_params("unsir", p):
+        ref = job.fedavg(w_t, 1, "impair", step="test_unsir_sgd_on_retained", fraction=1.0,
+                         config={"forget_classes": ""})
+        ref = job.fedavg(ref, 1, "repair", step=REPAIR_STEP, fraction=1.0, config={"forget_classes": ""})
     assert all(np.array_equal(w[k], ref[k]) for k in w)
     default = UNSIR(UNSIRParams(repair_rounds=1, sample_impair_lr=0)).unlearn(tf.job("unsir", w_t))
     assert not all(np.array_equal(w[k], default[k]) for k in w)  # the noise does change the result
@@ -356,13 +355,15 @@ def test_class_noise_volume_scales_with_the_retained_size(short):
     np.testing.assert_array_equal(nx[:, 0], [0, 3, 1, 4, 2, 5, 0, 3])
 
     tf, w_t = short
-    noise = UNSIR(UNSIRParams(**SCALED))._server_noise(tf.job("unsir", w_t, withdrawn=(), forget_classes=[0]),
-                                                       UNSIRParams(**SCALED), w_t)
+    job = tf.job("unsir", w_t, withdrawn=(), forget_classes=[0])
+    noise = UNSIR(UNSIRParams(**SCALED))._server_noise(job, UNSIRParams(**SCALED), w_t)
     seen = set()
     for ratio in (0.5, 2.0):
-        replies = tf.fed.send(tf.fed.pids, IMPAIR_STEP, Weights(list(w_t.items()) + list(noise.items())),
-                              {"forget_classes": "0", "mode": "class", "copies": 20, "ratio": ratio, "lr": 0.02,
-                               "batch_size": 32, "epochs": 1})
+        p = UNSIRParams(noise_copies=20, noise_ratio=ratio, noise_volume="ratio", impair_lr=0.02, batch_size=32,
+                        impair_epochs=1, profile="default")
+        with job.fed.ctx.method_params("unsir", p):
+            replies = job.send(tf.fed.pids, IMPAIR_STEP, w_t, "impair", {"forget_classes": "0"},
+                               records={NOISE: noise})
         for r in replies:
             n = r.metrics["num-examples"]
             assert r.metrics["samples"] == n + round(ratio * n)  # old code: n + 20 x 64 whatever the client holds

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedunlearn.rounds import FedAvgRounds
-from fedunlearn.runner import run
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.pipeline import run
 from tests.conftest import tiny_config
 
 METHODS = 'unlearn.methods=["retrain","finetune"]'

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedunlearn.access import read_access_log
 from fedunlearn.errors import PhaseFailed, PrivacyViolation
-from fedunlearn.federation import ClientReply
+from fedunlearn.fl.fedavg import FedAvgRounds, sample_clients, weighted_average
+from fedunlearn.fl.protocol import ClientReply
+from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.models import Weights
-from fedunlearn.rounds import FedAvgRounds, sample_clients, weighted_average
 from tests.conftest import make_tiny_federation
 
 
@@ -61,11 +61,11 @@ def test_failed_clients_tolerated_up_to_share(tmp_path) -> None:
     tf = make_tiny_federation(tmp_path, "train.max_failure_share=0.3")
     eng = FedAvgRounds(tf.ctx, "original", tf.fed.pids)
     pids, cfg = eng.configure(1)
-    good = tf.fed._exchange(pids[1:], "train", tf.initial, cfg)
+    good = tf.fed._exchange(pids[1:], "train", tf.initial, cfg, {})
     bad = [ClientReply(pids[0], error="boom")]
     tf.ctx.costs.start("original", "train")
     eng.aggregate(1, tf.initial, good + bad)  # 1/4 failed <= 0.3: the round goes on
-    assert tf.ctx.rounds.rows[-1]["failed"] == 1 and tf.ctx.costs.current.failed_clients == 1
+    assert tf.ctx.rounds.rows[-1].failed == 1 and tf.ctx.costs.current.failed_clients == 1
     eng.configure(2)
     with pytest.raises(PhaseFailed, match="2/4 clients failed"):
         eng.aggregate(2, tf.initial, good[:2] + bad + [ClientReply(pids[1], error="boom")])
@@ -89,7 +89,7 @@ def test_seed_labels_count_whole() -> None:
 def test_one_failure_rule_for_every_aggregated_round() -> None:
     """``check_failure_share`` is the rule FedAvg rounds, mixed rounds, ReMI's weighted rounds and FedEraser's
     calibrated rounds all apply: fail past the allowed share of the expected clients, or when none succeeded."""
-    from fedunlearn.rounds import check_failure_share
+    from fedunlearn.fl.fedavg import check_failure_share
 
     check_failure_share("p", 1, 3, 4, 0.25)  # 1/4 failed: at the allowed share, not past it
     with pytest.raises(PhaseFailed, match=r"p round 2: 2/4 clients failed \(allowed share 0.25\): client 3: boom"):

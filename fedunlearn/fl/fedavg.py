@@ -1,7 +1,8 @@
 """FedAvg rounds as plain hooks (configure / aggregate), shared by the Flower strategy and the in-process loop.
 
 The Flower strategy ``strategies.withdrawal_fedavg.WithdrawalFedAvg`` calls these hooks from its
-``configure_train`` / ``aggregate_train``; keeping the maths here lets unit tests run it without Ray.
+``configure_train`` / ``aggregate_train``; keeping the maths here lets unit tests run it without Ray. Also the
+seeded client sampler, the weighted average and the one failure rule of every aggregated round.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedunlearn.errors import PhaseFailed
-from fedunlearn.federation import ClientReply, Scalar, ServerContext
+from fedunlearn.fl.protocol import ClientReply, Records, Scalar
+from fedunlearn.fl.session import ServerContext
 from fedunlearn.models import Weights
 from fedunlearn.training import seed_for
 
@@ -70,21 +72,23 @@ class FedAvgRounds:
     phase: phase name, also the seed label of the per-round client sample (so retrain reuses the recipe, not the draw).
     eligible: partition ids that may be sampled; withdrawn clients whose window closed are refused.
     step: the client step to run ("train" = local SGD on members; methods add their own).
-    step_config: extra settings sent to the clients with every message.
+    step_config: this phase's own values sent with every message (e.g. a recipe override of ``local_epochs``).
+    step_records: named weight sets sent beside the model with every message.
     fraction: share of eligible clients per round (default: the experiment's ``train.fraction``).
     record_history: store global models and per-client updates every ``history.interval`` rounds (FedEraser).
     round_offset: number of rounds already done in this phase (resume and mid-training withdrawal).
     """
 
     def __init__(self, ctx: ServerContext, phase: str, eligible: Sequence[int], *, step: str = "train",
-                 step_config: dict[str, Scalar] | None = None, fraction: float | None = None,
-                 record_history: bool = False, round_offset: int = 0) -> None:
+                 step_config: dict[str, Scalar] | None = None, step_records: Records | None = None,
+                 fraction: float | None = None, record_history: bool = False, round_offset: int = 0) -> None:
         self.ctx = ctx
         self.phase = phase
         self.eligible = sorted(eligible)
         ctx.window.check(self.eligible, step)
         self.step = step
         self.step_config = dict(step_config or {})
+        self.step_records = dict(step_records or {})
         self.fraction = ctx.cfg.train.fraction if fraction is None else fraction
         self.record_history = record_history
         self.round_offset = round_offset
@@ -104,7 +108,7 @@ class FedAvgRounds:
         """Average the successful replies (weighted by examples); fail the phase past the allowed failure share."""
         r = rnd + self.round_offset
         replies = sorted(replies, key=lambda x: x.pid)
-        self.ctx.ingest(replies, sent, len(self.last_sampled) or len(replies))
+        self.ctx.ingest(replies, sent, len(self.last_sampled) or len(replies), self.step_records)
         ok = [x for x in replies if x.ok and x.weights is not None]
         failed = [x for x in replies if not x.ok]
         n = max(len(self.last_sampled), len(replies))

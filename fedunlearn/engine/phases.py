@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn.federation import Federation, ServerContext
+from fedunlearn.data.cache import experiment_data
+from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.session import ServerContext
+from fedunlearn.fl.transport import Federation
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
-from fedunlearn.models import Weights, load_weights, save_weights
-from fedunlearn.rounds import FedAvgRounds
+from fedunlearn.models import Weights, build_model, get_weights, load_weights, save_weights
 from fedunlearn.rundir import FL_FINISHED, PHASES_FILE
 from fedunlearn.training import seed_for
 
@@ -213,7 +215,6 @@ class Phases:
         try:
             w = method.unlearn(job)
         except Exception as err:  # noqa: BLE001 - one failed method must not lose the others
-            self.ctx.costs.stop()
             log.error("method %s failed: %s", m, err)
             self.state.failed[m] = f"{type(err).__name__}: {err}"
             self.state.save()
@@ -245,8 +246,7 @@ class Phases:
         for name, pids in zip(REFERENCES, (half_a, half_b)):
             if self.state.is_done(name):
                 continue
-            w = self._fedavg("references", name, pids, self.initial, self.cfg.train.rounds)
-            self.ctx.costs.rows[-1].phase = name
+            w = self._fedavg("references", name, pids, self.initial, self.cfg.train.rounds, ledger_phase=name)
             save_weights(self.run_dir / "models" / f"{name}.pt", w)
             self._checkpoint(name, w)
 
@@ -255,9 +255,6 @@ class Phases:
         order): ``models/retrain_null.pt`` (then ``retrain_null_2.pt``, ... for ``audit.null_seeds`` > 1), never
         audited as models; the audit compares them with retrain to measure how often two retrains already look
         "significantly different" (the false-alarm level) and how far apart they are (the equivalence margin)."""
-        from fedunlearn.data.cache import experiment_data
-        from fedunlearn.models import build_model, get_weights
-
         ds, _ = experiment_data(self.cfg)
         gone = set(self.cfg.withdraw.clients)
         remaining = [p for p in self.fed.pids if p not in gone]
@@ -273,13 +270,11 @@ class Phases:
             self._checkpoint(name, w)
 
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
-                record_history: bool = False, offset: int = 0) -> Weights:
-        ctx = self.ctx
-        ctx.phase = phase
-        ctx.costs.start(method, phase.split(".")[-1] if "." in phase else "train")
-        try:
-            engine = FedAvgRounds(ctx, phase, pids, record_history=record_history, round_offset=offset)
+                record_history: bool = False, offset: int = 0, ledger_phase: str | None = None) -> Weights:
+        """FedAvg rounds labelled ``phase`` (messages, data reads, rounds.csv); ledger row (method, ledger_phase),
+        by default the label's last part, or "train" for an unqualified label."""
+        row = ledger_phase or (phase.split(".")[-1] if "." in phase else "train")
+        with self.ctx.track(method, row, label=phase):
+            engine = FedAvgRounds(self.ctx, phase, pids, record_history=record_history, round_offset=offset)
             engine.total_rounds = rounds
             return self.fed.fedavg(engine, w, rounds)
-        finally:
-            ctx.costs.stop()

@@ -1,57 +1,49 @@
-"""The client side, independent of transport: a runtime that rebuilds the client's data from the experiment config,
-and a registry of client steps (``train`` plus the local halves of the unlearning methods).
+"""The client side, independent of transport: a runtime that rebuilds the client's data from the experiment config
+a message carries, and ``handle``, which runs the message's step (``fedunlearn.fl.protocol.CLIENT_STEPS``).
 
 ``handle`` is the one entry point: the Flower ClientApp (``clients.client_app``) and the in-process federation both
-call it. Every record a step touches is read through ``ClientRuntime.read`` and so appears in the data-access ledger.
+call it. Every record a step touches is read through ``ClientRuntime.read`` and so appears in the data-access ledger;
+a step reads its method's hyperparameters as the validated ``Params`` of the config (``ClientRuntime.params``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import tomllib
 import torch
 from torch import nn
 
-from fedunlearn.access import DataRead
-from fedunlearn.config import ExperimentConfig, config_from_dict
+import fedunlearn.fl.recipe  # noqa: F401 - registers the ``train`` step
+import fedunlearn.methods  # noqa: F401 - registers the methods' client steps
+from fedunlearn.config.schema import ExperimentConfig, MethodParams
 from fedunlearn.data import Dataset, Partitions
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import PrivacyViolation
-from fedunlearn.federation import ClientReply
-from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
-from fedunlearn.registry import Registry
-from fedunlearn.training import seed_for, sgd, train_epochs
+from fedunlearn.fl.protocol import CLIENT_STEPS, ClientReply, Records
+from fedunlearn.ledgers.access import DataRead
+from fedunlearn.models import Weights, build_model, resolve_device, set_weights
+from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepOutput:
-    weights: Weights | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-StepFn = Callable[["ClientRuntime", "Weights | None", dict[str, Any]], StepOutput]
-CLIENT_STEPS: Registry[StepFn] = Registry("client step")
+P = TypeVar("P", bound=MethodParams)
 
 _EXPERIMENTS: dict[str, ExperimentConfig] = {}
 
 
 def experiment_from_toml(text: str) -> ExperimentConfig:
-    """Parse (and cache per process) the experiment config a message carries."""
+    """Parse (and cache per process) the experiment config a message carries: the server's resolved, validated
+    config, so the schema alone rebuilds it (no registry look-ups on the clients)."""
     key = hashlib.sha256(text.encode()).hexdigest()
     if key not in _EXPERIMENTS:
-        import tomllib
-
         _EXPERIMENTS.clear()
-        _EXPERIMENTS[key] = config_from_dict(tomllib.loads(text))
+        _EXPERIMENTS[key] = ExperimentConfig.model_validate(tomllib.loads(text))
     return _EXPERIMENTS[key]
 
 
@@ -67,11 +59,14 @@ def client_device(cfg: ExperimentConfig) -> torch.device:
 class ClientRuntime:
     """What a client step may use: its own records (through the ledger), a model builder, seeds, the config."""
 
-    def __init__(self, pid: int, cfg: ExperimentConfig, message: dict[str, Any]) -> None:
+    def __init__(self, pid: int, cfg: ExperimentConfig, message: dict[str, Any],
+                 records: Records | None = None) -> None:
         self.pid = pid
         self.cfg = cfg
         self.message = message
+        self.records: Records = dict(records or {})
         self.step = str(message.get("step", "train"))
+        self.phase = str(message.get("phase", ""))
         self.reads: list[DataRead] = []
         self.device = client_device(cfg)
 
@@ -129,29 +124,44 @@ class ClientRuntime:
         return seed_for(self.cfg.seed, str(self.message.get("phase", "")), int(self.message.get("round", 0)),
                         self.pid, *labels)
 
-    def setting(self, key: str, default: Any) -> Any:
-        """A per-message override (methods send their hyperparameters) or the default."""
-        v = self.message.get(key, default)
-        return type(default)(v) if default is not None and not isinstance(default, bool) else v
+    @property
+    def method(self) -> str:
+        """The method whose phase sent this message (the phase label's first part)."""
+        return self.phase.split(".")[0]
+
+    def params(self, cls: type[P]) -> P:
+        """This message's method's validated hyperparameters (``[unlearn.<method>]`` of the config it carries)."""
+        return self.cfg.unlearn.method_params(self.method, cls)
+
+    def value(self, key: str, kind: type[Any]) -> Any:
+        """A value the server computed for this message alone (e.g. pga's radius); missing is an error."""
+        if key not in self.message:
+            raise ValueError(f"step {self.step!r} needs the message value {key!r}")
+        return kind(self.message[key])
+
+    def record(self, name: str) -> Weights:
+        """A named weight set sent beside the model; missing is an error."""
+        if name not in self.records:
+            raise ValueError(f"step {self.step!r} needs the weight set {name!r} beside the model")
+        return self.records[name]
 
 
 def _labels(text: object) -> set[int]:
     return {int(t) for t in str(text).split(",") if t.strip()}
 
 
-def handle(pid: int, weights: Weights | None, message: dict[str, Any]) -> ClientReply:
+def handle(pid: int, weights: Weights | None, message: dict[str, Any],
+           records: Records | None = None) -> ClientReply:
     """Run the message's step for client ``pid``; an exception becomes an error reply (the round goes on)."""
     rt: ClientRuntime | None = None
     try:
         cfg = experiment_from_toml(str(message["experiment"]))
-        rt = ClientRuntime(pid, cfg, message)
+        rt = ClientRuntime(pid, cfg, message, records)
         fail = _injected_fault(cfg, pid, message)
         if fail:
             raise RuntimeError(fail)
-        import fedunlearn.methods  # noqa: F401 - registers the methods' client steps
-
         out = CLIENT_STEPS.get(rt.step, "step")(rt, weights, message)
-        return ClientReply(pid, out.weights, out.metrics, rt.reads)
+        return ClientReply(pid, out.weights, out.metrics, rt.reads, records=out.records)
     except Exception as err:  # noqa: BLE001 - a client failure is data, not a crash
         log.warning("client %d step %s failed: %s", pid, message.get("step"), err)
         reason = f"{type(err).__name__}: {err}"
@@ -164,32 +174,9 @@ def _injected_fault(cfg: ExperimentConfig, pid: int, message: dict[str, Any]) ->
     """Fault injection for resilience tests: ``sim.faults`` (travels with the config, so it reaches every Ray
     worker) and ``FEDUNLEARN_FAULTS`` (environment; reaches workers only of a Ray started after it was set), both
     ``phase:round:pid,...`` (phase or round ``*`` = any)."""
-    import os
-
     spec = ",".join(filter(None, (cfg.sim.faults, os.environ.get("FEDUNLEARN_FAULTS", ""))))
     for item in filter(None, spec.split(",")):
         phase, rnd, who = item.split(":")
         if phase in (str(message.get("phase")), "*") and rnd in (str(message.get("round")), "*") and int(who) == pid:
             return f"injected fault ({item})"
     return None
-
-
-# --------------------------------------------------------------------------------------------- built-in steps
-
-
-@CLIENT_STEPS.register("train")
-def train_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
-    """FedAvg local training: ``local_epochs`` of SGD on the client's members."""
-    return local_sgd(rt, weights, seed_label="train")
-
-
-def local_sgd(rt: ClientRuntime, weights: Weights | None, seed_label: str) -> StepOutput:
-    """The training recipe on the client's members; the message may override ``lr`` and ``local_epochs``."""
-    tc = rt.cfg.train
-    x, y = rt.read("member")
-    model = rt.model(weights)
-    opt = sgd(model, rt.setting("lr", tc.lr), tc.momentum, tc.weight_decay)
-    res = train_epochs(model, x, y, epochs=rt.setting("local_epochs", tc.local_epochs), batch_size=tc.batch_size,
-                       optimizer=opt, seed=rt.seed(seed_label), device=rt.device)
-    return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
-                                           "loss": res.loss, "accuracy": res.accuracy})

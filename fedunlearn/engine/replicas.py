@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn.config import ExperimentConfig, config_from_dict
+from fedunlearn.config.load import config_from_dict
+from fedunlearn.config.schema import ExperimentConfig
+from fedunlearn.data import load_partitions
+from fedunlearn.engine.inprocess import run_phases_inprocess
+from fedunlearn.engine.session import load_run_config, prepare_run
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.rundir import fl_finished
 from fedunlearn.stages.seed_replicas import seed_run_dir
@@ -40,9 +44,6 @@ def seed_config(parent: ExperimentConfig, seed: int) -> ExperimentConfig:
 
 def train_seed_runs(run_dir: Path, m: int) -> list[Path]:
     """Train (or finish) the M replicas of ``run_dir`` with seeds seed+1..seed+M; returns their run directories."""
-    from fedunlearn.data import load_partitions
-    from fedunlearn.runner import load_run_config, prepare_run, run_phases_inprocess
-
     run_dir = Path(run_dir)
     parent = load_run_config(run_dir)
     parts = load_partitions(run_dir / "partitions.npz")

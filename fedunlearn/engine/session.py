@@ -1,42 +1,53 @@
-"""One experiment end to end: prepare the run directory, run the FL phases (Flower on Ray, or in-process), audit,
-report. ``fedunlearn.run(config)`` and ``fedunlearn run CONFIG`` both land here.
+"""The session of one experiment: its run directory prepared (config, environment, partitions, initial model),
+and the server side's shared state built from it (``ServerContext``), fresh or restored for ``--resume``.
+
+Below the Flower glue: ``strategies.server_app.make_app(session)`` runs the FL phases for a ``Session``, and the
+in-process transport and the A2 replicas use the same functions, so every way of running an experiment prepares
+and restores it alike.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import platform
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
-from fedunlearn.access import AccessLog, WithdrawalWindow
-from fedunlearn.config import ExperimentConfig, load_config, to_toml
-from fedunlearn.costs import CostLedger
+from fedunlearn.config.load import load_config
+from fedunlearn.config.schema import ExperimentConfig, to_toml
 from fedunlearn.data import save_partitions
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import ConfigError
-from fedunlearn.federation import RoundsLog, ServerContext
-from fedunlearn.history import UpdateHistory
+from fedunlearn.fl.history import UpdateHistory
+from fedunlearn.fl.session import RoundsLog, ServerContext
 from fedunlearn.io import atomic_write_json, atomic_write_text
-from fedunlearn.models import Weights, build_model, get_weights, load_weights, resolve_device, save_weights
+from fedunlearn.ledgers.access import AccessLog, WithdrawalWindow
+from fedunlearn.ledgers.costs import CostLedger
+from fedunlearn.methods import METHODS
+from fedunlearn.models import Weights, build_model, get_weights, load_weights, resolve_device, save_weights, set_weights
 from fedunlearn.training import evaluate
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class RunResult:
-    run_dir: Path
-    summary: dict
+class Session:
+    """One experiment's FL stage as a ServerApp runs it: the config, its run directory (None: ``flwr run .``
+    prepares it once the federation checks pass), the progress display; the failed methods, an error and Ray's
+    peak memory come back in it. ``on_finished(run_dir, failed)`` runs after the FL phases when the ServerApp owns
+    the whole run (``flwr run .``: the pipeline's audit and report)."""
+
+    cfg: ExperimentConfig | None
+    run_dir: Path | None = None
+    progress: Progress | None = None
+    on_finished: Callable[[Path, dict[str, str]], object] | None = None
     failed: dict[str, str] = field(default_factory=dict)
-    wall_s: float = 0.0
+    error: BaseException | None = None
+    memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -58,19 +69,13 @@ def _git_commit() -> str:
 
 
 def environment(cfg: ExperimentConfig) -> dict:
-    import numpy
-    import sklearn
-    import torch
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-                "scikit-learn": sklearn.__version__}
-    try:
-        import flwr
-        import ray
-
-        versions |= {"flwr": flwr.__version__, "ray": ray.__version__}
-    except ImportError:
-        pass
+    """``env.json``: versions (from the installed distributions, so nothing is imported for it), seed, device."""
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "scikit-learn", "flwr", "ray"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return {"versions": versions, "seed": cfg.seed, "device": str(resolve_device(cfg.sim.device)),
             "backend": cfg.sim.backend, "git_commit": _git_commit(), "platform": platform.platform(),
             "started": datetime.now().isoformat(timespec="seconds")}
@@ -107,6 +112,7 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
+    """A run's config, validated in full (registries too): for continuing or extending the run."""
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"run directory: {run_dir} has no config.toml (not a fedunlearn run)")
     return load_config(run_dir / "config.toml")
@@ -121,8 +127,6 @@ def build_server_context(cfg: ExperimentConfig, run_dir: Path,
     x_test, y_test = ds.x_test[parts.test], ds.y_test[parts.test]
 
     def central_eval(weights: Weights) -> tuple[float, float]:
-        from fedunlearn.models import set_weights
-
         return evaluate(set_weights(model, weights), x_test, y_test, device)
 
     window = WithdrawalWindow()
@@ -138,8 +142,6 @@ def build_server_context(cfg: ExperimentConfig, run_dir: Path,
 
 
 def _needs_history(method: str) -> bool:
-    from fedunlearn.methods import METHODS
-
     return METHODS.get(method).needs_history
 
 
@@ -148,67 +150,3 @@ def _history_interval(cfg: ExperimentConfig) -> int:
     if "federaser" in cfg.unlearn.methods:
         return int(cfg.unlearn.params("federaser").interval)  # type: ignore[attr-defined]
     return 2
-
-
-def run_phases_inprocess(cfg: ExperimentConfig, run_dir: Path, progress: Progress | None = None) -> dict[str, str]:
-    from fedunlearn.experiment import Phases
-    from fedunlearn.inprocess import InProcessFederation
-
-    ctx, initial = build_server_context(cfg, run_dir, progress)
-    return Phases(InProcessFederation(ctx, range(cfg.data.clients)), initial).run()
-
-
-def finish_run(run_dir: Path, failed: dict[str, str] | None = None) -> dict:
-    """Audit every saved model and write the report (also what ``fedunlearn report`` re-runs)."""
-    from fedunlearn.stages.audit import run_audit
-    from fedunlearn.stages.report import write_report
-
-    seeds = load_run_config(run_dir).audit.seeds
-    if seeds:  # the A2 replicas are a pipeline step of their own, before the audit (which only reads)
-        from fedunlearn.seeds import train_seed_runs
-
-        train_seed_runs(run_dir, seeds)
-    summary = run_audit(run_dir, failed=failed)
-    write_report(run_dir)
-    return summary
-
-
-def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path | None = None,
-        progress: Progress | None = None) -> RunResult:
-    """Run one experiment: the library's one obvious entry point (``fedunlearn.run``)."""
-    t0 = time.perf_counter()
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg = load_run_config(run_dir)
-        log.info("resuming %s", run_dir)
-    else:
-        run_dir = prepare_run(cfg, out)
-        cfg = load_run_config(run_dir)
-    memory: dict[str, float] = {}
-    if cfg.sim.backend == "inprocess":
-        failed = run_phases_inprocess(cfg, run_dir, progress)
-    else:
-        from fedunlearn.simulation import run_flower
-
-        job = run_flower(cfg, run_dir, progress)
-        failed, memory = job.failed, job.memory
-    summary = finish_run(run_dir, failed)
-    _record_peak_memory(run_dir, memory)
-    return RunResult(run_dir, summary, failed, time.perf_counter() - t0)
-
-
-def _record_peak_memory(run_dir: Path, ray_memory: dict[str, float] | None = None) -> None:
-    """Peak resident memory (MB) in ``env.json``: this (server) process; under Ray also the client workers and Ray's
-    daemons on this host (sampled by ``fedunlearn.simulation.RayMemorySampler``); ``total`` is their sum (an upper
-    bound of the simultaneous peak)."""
-    import resource
-
-    env_path = run_dir / "env.json"
-    env = json.loads(env_path.read_text())
-    mem = {"peak_rss_mb_server": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "peak_rss_mb_workers": 0.0, "peak_rss_mb_daemons": 0.0}
-    mem.update(ray_memory or {})
-    mem["peak_rss_mb_total"] = round(sum(mem.values()), 1)
-    env.update(mem)
-    env["finished"] = datetime.now().isoformat(timespec="seconds")
-    atomic_write_json(env_path, env)

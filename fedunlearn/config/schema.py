@@ -1,30 +1,52 @@
-"""The experiment config: pydantic models loaded from TOML, unknown keys rejected, every problem reported at once.
+"""The experiment config's schema: pydantic sections with bounds and strict types, unknown keys rejected, and the
+base of every method's hyperparameters. A leaf: it imports nothing of fedunlearn but its errors.
 
-One experiment = one TOML file. Every key has a default; ``--set key=value`` overrides any key. The resolved config
-is written to the run directory as ``config.toml`` and is the only thing the clients need to rebuild their data.
+Names that registries own (datasets, partitioners, models, methods, attacks) and the methods' ``[unlearn.<method>]``
+tables are checked only when validation is given the registries as pydantic context (``fedunlearn.config.load`` does
+that for every user config); a client re-reading the server's resolved config needs the schema alone.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedunlearn.errors import ConfigError
 
-if TYPE_CHECKING:
-    from fedunlearn.registry import Registry
+
+class NameRegistry(Protocol):
+    """What the schema needs of a registry (``fedunlearn.registry.Registry``): membership, names, look-up."""
+
+    kind: str
+
+    def __contains__(self, name: object) -> bool: ...
+    def names(self) -> list[str]: ...
+    def get(self, name: str, field: str = ...) -> Any: ...
 
 
-def _known(registry: Registry[Any], name: str) -> str:
-    """Validate a name against a registry (imported lazily: registries import this module's types)."""
-    if name not in registry:
-        raise ValueError(f"unknown {registry.kind} {name!r}; allowed: {', '.join(registry.names())}")
+def registry(info: ValidationInfo, kind: str) -> NameRegistry | None:
+    """The registry of ``kind`` handed in as validation context, or None (then names are not checked)."""
+    regs = info.context.get("registries") if isinstance(info.context, dict) else None
+    return regs.get(kind) if regs else None
+
+
+def _known(info: ValidationInfo, kind: str, name: str) -> str:
+    reg = registry(info, kind)
+    if reg is not None and name not in reg:
+        raise ValueError(f"unknown {reg.kind} {name!r}; allowed: {', '.join(reg.names())}")
     return name
+
+
+class MethodParams(BaseModel):
+    """Base of every method's hyperparameters: unknown keys rejected, strict types (``epochs = true`` is refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+P = TypeVar("P", bound=MethodParams)
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -64,17 +86,13 @@ class DataConfig(Strict):
 
     @field_validator("dataset")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        from fedunlearn.data.datasets import DATASETS
-
-        return _known(DATASETS, v)
+    def _known_dataset(cls, v: str, info: ValidationInfo) -> str:
+        return _known(info, "dataset", v)
 
     @field_validator("partition")
     @classmethod
-    def _known_partition(cls, v: str) -> str:
-        from fedunlearn.data.partition import PARTITIONERS
-
-        return _known(PARTITIONERS, v)
+    def _known_partition(cls, v: str, info: ValidationInfo) -> str:
+        return _known(info, "partition", v)
 
     @model_validator(mode="after")
     def _synthetic_sizes(self) -> DataConfig:
@@ -92,10 +110,8 @@ class ModelConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, v: str) -> str:
-        from fedunlearn.models import MODELS
-
-        return _known(MODELS, v)
+    def _known_model(cls, v: str, info: ValidationInfo) -> str:
+        return _known(info, "model", v)
 
 
 class TrainConfig(Strict):
@@ -136,38 +152,53 @@ class UnlearnConfig(BaseModel):
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, v: list[str]) -> list[str]:
-        from fedunlearn.methods import METHODS
-
-        bad = [m for m in v if m not in METHODS]
+    def _known_methods(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        methods = registry(info, "method")
+        bad = [m for m in v if methods is not None and m not in methods]
         if bad:
-            raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; allowed: {', '.join(METHODS.names())}")
+            raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; allowed: {', '.join(methods.names())}")
         if len(set(v)) != len(v):
             raise ValueError("methods must not repeat")
         return v
 
     @model_validator(mode="after")
-    def _method_tables(self) -> UnlearnConfig:
-        from fedunlearn.methods import METHODS
-
+    def _method_tables(self, info: ValidationInfo) -> UnlearnConfig:
+        """With the method registry: every table validated into its method's ``Params``, and the defaults of every
+        listed method (and the retrain oracle, which always runs) spelled out, so ``config.toml`` pins them."""
+        methods = registry(info, "method")
+        if methods is None:
+            return self
         for key, value in (self.model_extra or {}).items():
-            if key not in METHODS:
-                raise ValueError(f"unknown key unlearn.{key}; allowed: methods, {', '.join(METHODS.names())}")
-            params_cls = METHODS.get(key).Params
+            if key not in methods:
+                raise ValueError(f"unknown key unlearn.{key}; allowed: methods, {', '.join(methods.names())}")
+            params_cls = methods.get(key).Params
             if isinstance(value, params_cls):
                 continue
             try:
                 setattr(self, key, params_cls.model_validate(value or {}))
             except ValidationError as err:
-                raise ValueError(_format_errors(err, prefix=f"unlearn.{key}.", model=params_cls)) from None
+                raise ValueError(format_errors(err, prefix=f"unlearn.{key}.", model=params_cls)) from None
+        for m in dict.fromkeys([*self.methods, "retrain"]):
+            if m in methods and m not in (self.model_extra or {}):
+                setattr(self, m, methods.get(m).Params())
         return self
 
-    def params(self, method: str) -> BaseModel:
-        """The validated hyperparameters of ``method`` (its defaults when the table is absent)."""
-        from fedunlearn.methods import METHODS
+    def params(self, method: str) -> MethodParams:
+        """The validated hyperparameters of ``method`` in a config loaded with the registries."""
+        value = (self.model_extra or {}).get(method)
+        if not isinstance(value, MethodParams):
+            raise ConfigError(f"unlearn.{method}: no validated table (load the config with fedunlearn.config.load)")
+        return value
 
-        extra = self.model_extra or {}
-        return extra.get(method) or METHODS.get(method).Params()
+    def method_params(self, method: str, cls: type[P]) -> P:
+        """``method``'s hyperparameters as ``cls`` (validated here when the config was rebuilt from TOML alone)."""
+        value = (self.model_extra or {}).get(method)
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls.model_validate(value or {})
+        except ValidationError as err:
+            raise ConfigError(f"unlearn.{method}: {err}") from None
 
 
 class AuditConfig(Strict):
@@ -204,12 +235,11 @@ class AuditConfig(Strict):
 
     @field_validator("attacks")
     @classmethod
-    def _known_attacks(cls, v: list[str]) -> list[str]:
-        from fedunlearn.audit.attacks import ATTACKS
-
-        bad = [a for a in v if a not in ATTACKS]
+    def _known_attacks(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        attacks = registry(info, "attack")
+        bad = [a for a in v if attacks is not None and a not in attacks]
         if bad:
-            raise ValueError(f"unknown attack(s) {', '.join(map(repr, bad))}; allowed: {', '.join(ATTACKS.names())}")
+            raise ValueError(f"unknown attack(s) {', '.join(map(repr, bad))}; allowed: {', '.join(attacks.names())}")
         return v
 
 
@@ -258,8 +288,8 @@ class ExperimentConfig(Strict):
         return self.seed if self.data.seed is None else self.data.seed
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> ExperimentConfig:
-        self._check_class_withdrawal()
+    def _cross_checks(self, info: ValidationInfo) -> ExperimentConfig:
+        self._check_class_withdrawal(registry(info, "method"))
         k = self.data.clients
         bad = [c for c in self.withdraw.clients if not 0 <= c < k]
         if bad:
@@ -280,7 +310,7 @@ class ExperimentConfig(Strict):
         return self
 
 
-    def _check_class_withdrawal(self) -> None:
+    def _check_class_withdrawal(self, methods: NameRegistry | None) -> None:
         w = self.withdraw
         if not w.classes:
             return
@@ -290,97 +320,16 @@ class ExperimentConfig(Strict):
             raise ValueError("withdraw.classes: distinct labels >= 0 expected")
         if self.data.dataset == "synthetic" and max(w.classes) >= self.data.classes:
             raise ValueError(f"withdraw.classes: {w.classes} out of range; allowed: 0..{self.data.classes - 1}")
-        from fedunlearn.methods import METHODS
-
-        bad = [m for m in self.unlearn.methods if m in METHODS and "class" not in METHODS.get(m).granularity]
+        if methods is None:
+            return
+        bad = [m for m in self.unlearn.methods if m in methods and "class" not in methods.get(m).granularity]
         if bad:
-            ok = [m for m in METHODS.names() if "class" in METHODS.get(m).granularity]
+            ok = [m for m in methods.names() if "class" in methods.get(m).granularity]
             raise ValueError(f"unlearn.methods: {', '.join(bad)} unlearn whole clients only; allowed with "
                              f"withdraw.classes: {', '.join(ok)}")
 
 
-# --------------------------------------------------------------------------------------------------- loading
-
-
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every dotted key of a config model (sections recursed), for "did you mean" suggestions."""
-    out = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _known_keys(ann, f"{prefix}{name}.")
-        else:
-            out.append(f"{prefix}{name}")
-    return out
-
-
-def _format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-            close = difflib.get_close_matches(loc, _known_keys(model or ExperimentConfig), n=1, cutoff=0.6)
-            if close:
-                msg += f"; did you mean {prefix}{close[0]}?"
-        if loc and msg.startswith(f"{loc}."):  # a nested table already named its own location
-            parts.append(msg)
-        else:
-            parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
-    return "; ".join(parts)
-
-
-def parse_value(raw: str) -> Any:
-    """Parse the value of a ``--set key=value`` as TOML (numbers, booleans, lists); fall back to a bare string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a raw config dict (in place) and return it."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value (for example data.clients=20)")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p} is not a table")
-        node[parts[-1]] = parse_value(raw.strip())
-    return data
-
-
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a TOML experiment file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"config: {p} is a directory; allowed: a TOML file, e.g. experiments/quickstart.toml")
-        if not p.is_file():
-            raise ConfigError(f"config: file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config: {p} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config: {p} is not valid TOML: {err}") from None
-    apply_overrides(data, overrides or [])
-    return config_from_dict(data)
+# -------------------------------------------------------------------------------------------------- TOML
 
 
 def to_toml(cfg: ExperimentConfig) -> str:
@@ -397,3 +346,36 @@ def _drop_none(data: Any) -> Any:
     if isinstance(data, list):
         return [_drop_none(v) for v in data]
     return data
+
+
+# ------------------------------------------------------------------------------------------- error messages
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config model (sections recursed), for "did you mean" suggestions."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _known_keys(ann, f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """A pydantic error as one line per problem, "; "-joined, each naming its dotted key."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            close = difflib.get_close_matches(loc, _known_keys(model or ExperimentConfig), n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {prefix}{close[0]}?"
+        if loc and msg.startswith(f"{loc}."):  # a nested table already named its own location
+            parts.append(msg)
+        else:
+            parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return "; ".join(parts)

@@ -1,0 +1,1 @@
+"""The engine: the client runtime and handle(), the in-process transport, the resumable FL phases, the session of a run, the A2 replicas."""
