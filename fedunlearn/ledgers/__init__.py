@@ -1,1 +1,2 @@
-"""The ledgers FL writes and the audit reads (results contract): the data-access ledger with the withdrawal window, and the cost ledger."""
+"""The ledgers FL writes and the audit reads (part of the results contract): the data-access ledger with the
+withdrawal window (access), and the cost ledger (costs)."""
