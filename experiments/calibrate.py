@@ -41,13 +41,13 @@ from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.config.load import load_config
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.engine.inprocess import InProcessFederation, run_phases_inprocess
-from fedunlearn.engine.phases import RETRAIN_NULL
 from fedunlearn.engine.session import build_server_context, prepare_run
 from fedunlearn.io import atomic_write_json
 from fedunlearn.ledgers.costs import CostLedger
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.methods.pga import NOTEBOOK_STOP_SHARE
 from fedunlearn.models import Weights, build_model, load_weights, resolve_device, set_weights
+from fedunlearn.rundir import RETRAIN_NULL
 from fedunlearn.training import logits
 
 HERE = Path(__file__).resolve().parent

@@ -118,7 +118,7 @@ def run(
                 progress.update(tasks[phase], completed=rnd)
 
             if resume is not None:
-                from fedunlearn.pipeline import load_run_config
+                from fedunlearn.engine.session import load_run_config
 
                 cfg = load_run_config(resume)
             result = run_experiment(cfg, out=out, resume=resume, progress=on_round)  # type: ignore[arg-type]
@@ -155,7 +155,7 @@ def audit(
 ) -> None:
     """Re-audit a finished run from its saved models (cached signals: no retraining, seconds; --seeds M trains the
     A2 replicas once)."""
-    from fedunlearn.pipeline import load_run_config
+    from fedunlearn.engine.session import load_run_config
 
     try:
         cfg = load_run_config(run_dir)

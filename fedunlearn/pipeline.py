@@ -18,6 +18,7 @@ from fedunlearn.engine.inprocess import run_phases_inprocess
 from fedunlearn.engine.replicas import train_seed_runs
 from fedunlearn.engine.session import Progress, load_run_config, prepare_run
 from fedunlearn.io import atomic_write_json
+from fedunlearn.rundir import RunDir
 from fedunlearn.simulation import run_flower
 from fedunlearn.stages.audit import run_audit
 from fedunlearn.stages.report import write_report
@@ -72,7 +73,7 @@ def _record_peak_memory(run_dir: Path, ray_memory: dict[str, float] | None = Non
     bound of the simultaneous peak)."""
     import resource
 
-    env_path = run_dir / "env.json"
+    env_path = RunDir(run_dir).env
     env = json.loads(env_path.read_text())
     mem = {"peak_rss_mb_server": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
            "peak_rss_mb_workers": 0.0, "peak_rss_mb_daemons": 0.0}

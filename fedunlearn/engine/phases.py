@@ -23,13 +23,10 @@ from fedunlearn.fl.transport import Federation
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, save_weights
-from fedunlearn.rundir import FL_FINISHED, PHASES_FILE
+from fedunlearn.rundir import FL_FINISHED, ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL, RunDir
 from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
-ORACLE = "retrain"
-REFERENCES = ("reference_a", "reference_b")
-RETRAIN_NULL = "retrain_null"
 
 
 def reference_halves(pids: list[int], withdrawn: list[int], seed: int) -> tuple[list[int], list[int]]:
@@ -84,7 +81,8 @@ class Phases:
         self.cfg = self.ctx.cfg
         self.initial = initial
         self.run_dir = self.ctx.run_dir
-        self.state = PhaseState.load(self.run_dir / PHASES_FILE)
+        self.rd = RunDir(self.run_dir)
+        self.state = PhaseState.load(self.rd.phases)
         for key, st in self.state.window.items():
             if key.startswith("class:"):
                 self.ctx.window.classes[int(key[6:])] = st
@@ -93,7 +91,7 @@ class Phases:
 
     # ------------------------------------------------------------------ helpers
     def _ckpt(self, key: str) -> Path:
-        return self.run_dir / "state" / f"{key}.pt"
+        return self.rd.checkpoint(key)
 
     def _checkpoint(self, key: str, weights: Weights) -> None:
         save_weights(self._ckpt(key), weights)
@@ -101,8 +99,8 @@ class Phases:
         self.state.mark(key)
 
     def _save_logs(self) -> None:
-        self.ctx.rounds.save(self.run_dir / "rounds.csv")
-        self.ctx.costs.save(self.run_dir / "ledger.csv")
+        self.ctx.rounds.save(self.rd.rounds)
+        self.ctx.costs.save(self.rd.ledger)
 
     def _set_window(self, pid: int, action: str) -> None:
         getattr(self.ctx.window, action)(pid)
@@ -142,7 +140,7 @@ class Phases:
             w = w_r
             if total > rw:  # the counterfactual: training goes on with everyone
                 w = self._fedavg("original", "original", self.fed.pids, w_r, total - rw, offset=rw)
-            save_weights(self.run_dir / "models" / "original.pt", w)
+            save_weights(self.rd.model(ORIGINAL), w)
             self._checkpoint(key_o, w)
         return w_r
 
@@ -178,7 +176,7 @@ class Phases:
             w = chain[m]
             if total > rw:  # withdrawal mid-training: the federation trains on without the withdrawn clients
                 w = self._fedavg(m, f"{m}.continue", remaining, w, total - rw, offset=rw)
-            save_weights(self.run_dir / "models" / f"{m}.pt", w)
+            save_weights(self.rd.model(m), w)
             self._checkpoint(m, w)
 
     def _unlearn_classes(self, methods: list[str], chain: dict[str, Weights]) -> None:
@@ -231,7 +229,7 @@ class Phases:
         job = UnlearnJob(self.fed, ORACLE, self.initial, self.initial, sorted(gone), remaining, self.cfg.train.rounds,
                          list(self.cfg.withdraw.classes))
         w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
-        save_weights(self.run_dir / "models" / f"{ORACLE}.pt", w)
+        save_weights(self.rd.model(ORACLE), w)
         self._checkpoint(ORACLE, w)
 
     def references(self) -> None:
@@ -240,14 +238,14 @@ class Phases:
         (``reference_halves``); saved as ``models/reference_{a,b}.pt`` (not audited) and the halves in
         ``references.json``. Ledger method "references"."""
         half_a, half_b = reference_halves(self.fed.pids, self.cfg.withdraw.clients, self.cfg.seed)
-        atomic_write_json(self.run_dir / "references.json", {
+        atomic_write_json(self.rd.references, {
             "reference_a": half_a, "reference_b": half_b, "out_of_both": sorted(self.cfg.withdraw.clients),
             "note": "withdrawn clients are in neither half (their windows are closed): OUT for both references"})
         for name, pids in zip(REFERENCES, (half_a, half_b)):
             if self.state.is_done(name):
                 continue
             w = self._fedavg("references", name, pids, self.initial, self.cfg.train.rounds, ledger_phase=name)
-            save_weights(self.run_dir / "models" / f"{name}.pt", w)
+            save_weights(self.rd.model(name), w)
             self._checkpoint(name, w)
 
     def retrain_null(self) -> None:
@@ -266,7 +264,7 @@ class Phases:
                                          seed=seed_for(self.cfg.seed, name)))
             job = UnlearnJob(self.fed, name, w0, w0, sorted(gone), remaining, self.cfg.train.rounds)
             w = build_method(ORACLE, self.cfg.unlearn.params(ORACLE)).unlearn(job)
-            save_weights(self.run_dir / "models" / f"{name}.pt", w)
+            save_weights(self.rd.model(name), w)
             self._checkpoint(name, w)
 
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,

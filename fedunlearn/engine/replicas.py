@@ -25,7 +25,7 @@ from fedunlearn.data import load_partitions
 from fedunlearn.engine.inprocess import run_phases_inprocess
 from fedunlearn.engine.session import load_run_config, prepare_run
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.rundir import fl_finished
+from fedunlearn.rundir import RunDir, fl_finished
 from fedunlearn.stages.seed_replicas import seed_run_dir
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,14 @@ def train_seed_runs(run_dir: Path, m: int) -> list[Path]:
     """Train (or finish) the M replicas of ``run_dir`` with seeds seed+1..seed+M; returns their run directories."""
     run_dir = Path(run_dir)
     parent = load_run_config(run_dir)
-    parts = load_partitions(run_dir / "partitions.npz")
+    parts = load_partitions(RunDir(run_dir).partitions)
     dirs = []
     for i in range(1, m + 1):
         seed = parent.seed + i
         d = seed_run_dir(run_dir, seed)
-        if not (d / "config.toml").exists():
+        if not RunDir(d).config.exists():
             prepare_run(seed_config(parent, seed), d)
-            _check_same_data(parts, load_partitions(d / "partitions.npz"), d)
+            _check_same_data(parts, load_partitions(RunDir(d).partitions), d)
         if not fl_finished(d):
             log.info("A2 seed replica %d/%d (seed %d): training in-process", i, m, seed)
             run_phases_inprocess(load_run_config(d), d)

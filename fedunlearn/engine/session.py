@@ -29,6 +29,7 @@ from fedunlearn.ledgers.access import AccessLog, WithdrawalWindow
 from fedunlearn.ledgers.costs import CostLedger
 from fedunlearn.methods import METHODS
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, resolve_device, save_weights, set_weights
+from fedunlearn.rundir import INITIAL, RunDir
 from fedunlearn.training import evaluate
 
 Progress = Callable[[str, int, int], None]
@@ -97,11 +98,11 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        atomic_write_text(tmp / "config.toml", to_toml(cfg))
-        atomic_write_json(tmp / "env.json", environment(cfg))
-        save_partitions(tmp / "partitions.npz", parts)
+        atomic_write_text(RunDir(tmp).config, to_toml(cfg))
+        atomic_write_json(RunDir(tmp).env, environment(cfg))
+        save_partitions(RunDir(tmp).partitions, parts)
         model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed)
-        save_weights(tmp / "models" / "initial.pt", get_weights(model))
+        save_weights(RunDir(tmp).model(INITIAL), get_weights(model))
         if run_dir.exists():
             run_dir.rmdir()
         tmp.rename(run_dir)
@@ -113,15 +114,16 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
     """A run's config, validated in full (registries too): for continuing or extending the run."""
-    if not (run_dir / "config.toml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise ConfigError(f"run directory: {run_dir} has no config.toml (not a fedunlearn run)")
-    return load_config(run_dir / "config.toml")
+    return load_config(RunDir(run_dir).config)
 
 
 def build_server_context(cfg: ExperimentConfig, run_dir: Path,
                          progress: Progress | None = None) -> tuple[ServerContext, Weights]:
     """The server side's shared state, restored from the run directory when resuming."""
     ds, parts = experiment_data(cfg)
+    rd = RunDir(run_dir)
     device = resolve_device(cfg.sim.device)
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed)
     x_test, y_test = ds.x_test[parts.test], ds.y_test[parts.test]
@@ -133,12 +135,12 @@ def build_server_context(cfg: ExperimentConfig, run_dir: Path,
     needs_history = any(_needs_history(m) for m in cfg.unlearn.methods)
     ctx = ServerContext(
         cfg=cfg, cfg_toml=to_toml(cfg), run_dir=run_dir, window=window,
-        access=AccessLog(run_dir / "data_access.csv", window),
-        costs=CostLedger.load(run_dir / "ledger.csv"), rounds=RoundsLog.load(run_dir / "rounds.csv"),
-        history=UpdateHistory(run_dir / "history", interval=_history_interval(cfg), keep_updates=needs_history,
+        access=AccessLog(rd.data_access, window),
+        costs=CostLedger.load(rd.ledger), rounds=RoundsLog.load(rd.rounds),
+        history=UpdateHistory(rd.history, interval=_history_interval(cfg), keep_updates=needs_history,
                               keep_last_local=set(cfg.withdraw.clients)),
         evaluate=central_eval, on_round=progress)
-    return ctx, load_weights(run_dir / "models" / "initial.pt")
+    return ctx, load_weights(rd.model(INITIAL))
 
 
 def _needs_history(method: str) -> bool:

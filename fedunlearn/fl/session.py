@@ -25,6 +25,7 @@ from fedunlearn.io import atomic_write_text
 from fedunlearn.ledgers.access import AccessLog, WithdrawalWindow
 from fedunlearn.ledgers.costs import Cost, CostLedger
 from fedunlearn.models import Weights, weights_nbytes
+from fedunlearn.rundir import ROUNDS_COLUMNS
 
 if TYPE_CHECKING:
     from fedunlearn.config.schema import ExperimentConfig
@@ -50,7 +51,7 @@ class RoundRow:
         return cls(**{k: conv[kinds[k]](row[k]) for k in kinds})
 
 
-ROUNDS_COLUMNS = [f.name for f in fields(RoundRow)]
+assert [f.name for f in fields(RoundRow)] == ROUNDS_COLUMNS, "rounds.csv columns (fedunlearn.rundir)"
 
 
 @dataclass

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedunlearn.errors import PrivacyViolation
-
-ACCESS_COLUMNS = ["seq", "client", "split", "selection", "records", "purpose", "phase", "window"]
+from fedunlearn.rundir import ACCESS_COLUMNS
 
 
 @dataclass

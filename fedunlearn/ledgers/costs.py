@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from fedunlearn.io import atomic_write_text
+from fedunlearn.rundir import LEDGER_COLUMNS
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Cost:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
-LEDGER_COLUMNS = [f.name for f in fields(Cost)]
+assert [f.name for f in fields(Cost)] == LEDGER_COLUMNS, "ledger.csv columns (fedunlearn.rundir)"
 
 
 @dataclass

@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn.audit.signals import RecordSignals, signals_from_logits
+from fedunlearn.rundir import ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL
 
-ORIGINAL, ORACLE = "original", "retrain"
-REFERENCES = ("reference_a", "reference_b")
 BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of both (RMIA averages its references)
-RETRAIN_NULL = "retrain_null"
 #: models saved in ``models/`` that are instruments of the audit, not audited models
 NOT_AUDITED = frozenset({"initial", *REFERENCES, RETRAIN_NULL})
 

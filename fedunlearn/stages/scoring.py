@@ -20,17 +20,13 @@ from fedunlearn.audit.metrics import (
     tpr_at_fpr,
 )
 from fedunlearn.audit.signals import AttackInput
-from fedunlearn.stages.inference import ORACLE, ORIGINAL, ModelSignals, Scores
+from fedunlearn.rundir import (
+    ORACLE,
+    ORIGINAL,
+    PER_CLIENT_COLUMNS,
+)
+from fedunlearn.stages.inference import ModelSignals, Scores
 from fedunlearn.stages.rmia import References
-
-PER_CLIENT_BASE = ["model", "client", "withdrawn", "attack", "n_member", "n_nonmember", "auc", "auc_lo", "auc_hi",
-                   "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "advantage", "accuracy_member", "accuracy_nonmember",
-                   "delta_auc_vs_retrain"]
-PER_CLIENT_EXTRA = ["delta_auc_vs_original", "p_vs_retrain", "p_vs_original", "significant_vs_retrain",
-                    "significant_vs_original"]
-#: per_client.csv: the 15 contract columns of docs/design.md, then the comparison columns.
-PER_CLIENT_COLUMNS = PER_CLIENT_BASE + PER_CLIENT_EXTRA
-VULNERABLE_COLUMNS = ["client", "record", "model", "attack", "score", "rank"]
 
 
 def attack_input(s: ModelSignals, orig: ModelSignals, mem_idx: np.ndarray, hold_idx: np.ndarray, gamma: float,
