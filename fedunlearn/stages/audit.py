@@ -24,11 +24,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedunlearn.audit.attacks import ATTACKS
-from fedunlearn.rundir import fl_finished, read_config
+from fedunlearn.rundir import VULNERABLE_COLUMNS, fl_finished, read_config
 from fedunlearn.stages.inference import ORACLE, ORIGINAL, compute_signals, model_names, null_model_names
 from fedunlearn.stages.rmia import load_references
 from fedunlearn.stages.scoring import (
-    VULNERABLE_COLUMNS,
     compare_rows,
     json_safe,
     metric_row,

@@ -12,7 +12,7 @@ import pytest
 from fedunlearn.config.load import load_config
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.pipeline import run
-from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
+from fedunlearn.rundir import PER_CLIENT_COLUMNS
 
 pytestmark = pytest.mark.slow
 QUICKSTART = Path(__file__).parents[2] / "experiments" / "quickstart.toml"

@@ -16,8 +16,8 @@ from fedunlearn.audit.signals import RecordSignals
 from fedunlearn.engine.phases import reference_halves
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.pipeline import run
+from fedunlearn.rundir import PER_CLIENT_COLUMNS
 from fedunlearn.stages.inference import ModelSignals
-from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS
 from fedunlearn.stages.summary import withdrawn_forgetting
 from tests.conftest import tiny_config
 
