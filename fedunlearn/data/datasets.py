@@ -223,19 +223,47 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Dataset:
 
 
 def _labels(y: Any, key: str, where: str) -> np.ndarray:
-    """Check that ``y`` holds non-negative integer labels (integral floats accepted) and return them as int64."""
+    """Check that ``y`` holds non-negative integer labels (integral floats accepted) and return them as int64; the
+    upper end of the range is checked against the record count by ``_check_label_range``."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"data.path: {where}: array {key!r} must be 1-D labels, got shape {y.shape}")
-    if y.dtype.kind in "iu":
-        out = y.astype(np.int64)
-    elif y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        out = y.astype(np.int64)
-    else:
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if bad.size:
+            raise DataError(f"data.path: {where}: array {key!r} has {bad.size} non-integer label(s) (first: "
+                            f"{float(y[bad[0]])} at record {bad[0]}); allowed: integer class indices 0..C-1")
+        if y.size and (y.min() < np.iinfo(np.int64).min or y.max() > np.iinfo(np.int64).max):
+            raise DataError(f"data.path: {where}: array {key!r} has labels beyond the int64 range; allowed: "
+                            "integer class indices 0..C-1")
+    elif y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"data.path: {where}: array {key!r} has labels beyond the int64 range; allowed: integer "
+                        "class indices 0..C-1")
+    elif y.dtype.kind not in "iu":
         raise DataError(f"data.path: {where}: array {key!r} must hold integer class labels, got dtype {y.dtype}")
-    if out.size and out.min() < 0:
-        raise DataError(f"data.path: {where}: array {key!r} has negative labels; allowed: 0..C-1")
+    out = y.astype(np.int64)
+    neg = np.flatnonzero(out < 0)
+    if neg.size:
+        raise DataError(f"data.path: {where}: array {key!r} has {neg.size} negative label(s) (first: {out[neg[0]]} "
+                        f"at record {neg[0]}); allowed: 0..C-1")
     return out
+
+
+def _check_label_range(labels: dict[str, np.ndarray], where: str) -> int:
+    """The class count C = largest label + 1, refused when it exceeds the number of records: such labels are ids,
+    not class indices (a label of 10^9 would build a model with 10^9 outputs)."""
+    n = sum(len(v) for v in labels.values())
+    for key, v in labels.items():
+        if v.size and int(v.max()) >= n:
+            i = int(np.argmax(v))
+            raise DataError(f"data.path: {where}: array {key!r} has label {v[i]} (record {i}), more classes than the "
+                            f"{n} records; allowed: class indices 0..C-1 with C <= {n} (relabel, e.g. "
+                            "np.unique(y, return_inverse=True))")
+    classes = np.unique(labels["y"])
+    if classes.size < 2:
+        raise DataError(f"data.path: {where}: array 'y' holds a single class ({classes[0]}); allowed: at least 2 "
+                        "classes")
+    return int(max(int(v.max()) for v in labels.values() if v.size)) + 1
 
 
 def _features(x: Any, key: str, where: str) -> np.ndarray:
@@ -246,7 +274,14 @@ def _features(x: Any, key: str, where: str) -> np.ndarray:
         )
     if x.dtype.kind not in "biuf":
         raise DataError(f"data.path: {where}: array {key!r} must be numeric, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: reported below
+        out = x.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rec = int(np.flatnonzero(bad.reshape(len(out), -1).any(axis=1))[0])
+        raise DataError(f"data.path: {where}: array {key!r} has {int(bad.sum())} NaN or infinite value(s) as float32 "
+                        f"(first in record {rec}); allowed: finite numbers below {np.finfo(np.float32).max:.1e}")
+    return out
 
 
 @DATASETS.register("npz")
@@ -270,7 +305,7 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
     x = _features(arrays["x"], "x", str(path))
     y = _labels(arrays["y"], "y", str(path))
     if len(x) != len(y):
-        raise DataError(f"data.path: {path}: x has {len(x)} records but y has {len(y)}")
+        raise DataError(f"data.path: {path}: x has {len(x)} records but y has {len(y)}; allowed: one label per record")
     if len(y) < 2:
         raise DataError(f"data.path: {path}: needs at least 2 records, got {len(y)}")
     has_test = [k for k in ("x_test", "y_test") if k in arrays]
@@ -280,13 +315,15 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
         x_te = _features(arrays["x_test"], "x_test", str(path))
         y_te = _labels(arrays["y_test"], "y_test", str(path))
         if len(x_te) != len(y_te):
-            raise DataError(f"data.path: {path}: x_test has {len(x_te)} records but y_test has {len(y_te)}")
+            raise DataError(f"data.path: {path}: x_test has {len(x_te)} records but y_test has {len(y_te)}; allowed: "
+                            "one label per record")
         if x_te.shape[1:] != x.shape[1:]:
             raise DataError(f"data.path: {path}: x_test records {x_te.shape[1:]} differ from x records {x.shape[1:]}")
+    num_classes = _check_label_range({"y": y, "y_test": y_te} if has_test else {"y": y}, str(path))
+    if has_test:
         x_tr, y_tr = x, y
     else:
         x_tr, x_te, y_tr, y_te = _split(x, y, cfg.test_fraction, seed)
-    num_classes = int(max(y.max(), y_te.max() if len(y_te) else 0)) + 1
     x_tr, y_tr = _cap(x_tr, y_tr, cfg, seed)
     return Dataset("npz", x_tr, y_tr, x_te, y_te, num_classes)
 
