@@ -158,7 +158,7 @@ def run_phases_inprocess(cfg: ExperimentConfig, run_dir: Path, progress: Progres
     return Phases(InProcessFederation(ctx, range(cfg.data.clients)), initial).run()
 
 
-def finish_run(run_dir: Path, failed: dict[str, str] | None = None) -> dict:
+def finish_run(run_dir: Path, failed: dict[str, str] | None = None, progress: Progress | None = None) -> dict:
     """Audit every saved model and write the report (also what ``fedunlearn report`` re-runs)."""
     from fedunlearn.stages.audit import run_audit
     from fedunlearn.stages.report import write_report
@@ -168,7 +168,7 @@ def finish_run(run_dir: Path, failed: dict[str, str] | None = None) -> dict:
         from fedunlearn.seeds import train_seed_runs
 
         train_seed_runs(run_dir, seeds)
-    summary = run_audit(run_dir, failed=failed)
+    summary = run_audit(run_dir, failed=failed, progress=progress)
     write_report(run_dir)
     return summary
 
@@ -192,7 +192,7 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path
 
         job = run_flower(cfg, run_dir, progress)
         failed, memory = job.failed, job.memory
-    summary = finish_run(run_dir, failed)
+    summary = finish_run(run_dir, failed, progress)
     _record_peak_memory(run_dir, memory)
     return RunResult(run_dir, summary, failed, time.perf_counter() - t0)
 
