@@ -222,48 +222,28 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Dataset:
 # --------------------------------------------------------------------------------------------------- npz
 
 
-def _labels(y: Any, key: str, where: str) -> np.ndarray:
-    """Check that ``y`` holds non-negative integer labels (integral floats accepted) and return them as int64; the
-    upper end of the range is checked against the record count by ``_check_label_range``."""
+def _labels(y: Any, key: str, where: str, records: int) -> np.ndarray:
+    """Integer class indices 0..C-1 as int64 (integral floats accepted), with C at most ``records`` (the records of
+    x and x_test): larger labels are ids, not classes — a label of 10^9 would build a model with 10^9 outputs."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"data.path: {where}: array {key!r} must be 1-D labels, got shape {y.shape}")
-    if y.dtype.kind == "f":
-        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
-        if bad.size:
-            raise DataError(f"data.path: {where}: array {key!r} has {bad.size} non-integer label(s) (first: "
-                            f"{float(y[bad[0]])} at record {bad[0]}); allowed: integer class indices 0..C-1")
-        if y.size and (y.min() < np.iinfo(np.int64).min or y.max() > np.iinfo(np.int64).max):
-            raise DataError(f"data.path: {where}: array {key!r} has labels beyond the int64 range; allowed: "
-                            "integer class indices 0..C-1")
-    elif y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
-        raise DataError(f"data.path: {where}: array {key!r} has labels beyond the int64 range; allowed: integer "
-                        "class indices 0..C-1")
-    elif y.dtype.kind not in "iu":
+    if y.dtype.kind not in "iuf":
         raise DataError(f"data.path: {where}: array {key!r} must hold integer class labels, got dtype {y.dtype}")
-    out = y.astype(np.int64)
-    neg = np.flatnonzero(out < 0)
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y))) if y.dtype.kind == "f" else []
+    if len(bad):
+        raise DataError(f"data.path: {where}: array {key!r} has {len(bad)} non-integer label(s) (first: "
+                        f"{float(y[bad[0]])} at record {bad[0]}); allowed: integer class indices 0..C-1")
+    neg = np.flatnonzero(y < 0)
     if neg.size:
-        raise DataError(f"data.path: {where}: array {key!r} has {neg.size} negative label(s) (first: {out[neg[0]]} "
+        raise DataError(f"data.path: {where}: array {key!r} has {neg.size} negative label(s) (first: {y[neg[0]]:g} "
                         f"at record {neg[0]}); allowed: 0..C-1")
-    return out
-
-
-def _check_label_range(labels: dict[str, np.ndarray], where: str) -> int:
-    """The class count C = largest label + 1, refused when it exceeds the number of records: such labels are ids,
-    not class indices (a label of 10^9 would build a model with 10^9 outputs)."""
-    n = sum(len(v) for v in labels.values())
-    for key, v in labels.items():
-        if v.size and int(v.max()) >= n:
-            i = int(np.argmax(v))
-            raise DataError(f"data.path: {where}: array {key!r} has label {v[i]} (record {i}), more classes than the "
-                            f"{n} records; allowed: class indices 0..C-1 with C <= {n} (relabel, e.g. "
-                            "np.unique(y, return_inverse=True))")
-    classes = np.unique(labels["y"])
-    if classes.size < 2:
-        raise DataError(f"data.path: {where}: array 'y' holds a single class ({classes[0]}); allowed: at least 2 "
-                        "classes")
-    return int(max(int(v.max()) for v in labels.values() if v.size)) + 1
+    if y.size and y.max() >= records:  # compared before the int64 cast, which would wrap values beyond it
+        i = int(np.argmax(y))
+        raise DataError(f"data.path: {where}: array {key!r} has label {y[i]:.12g} (record {i}), more classes than "
+                        f"the {records} records; allowed: class indices 0..C-1 with C <= {records} (relabel, e.g. "
+                        "np.unique(y, return_inverse=True))")
+    return y.astype(np.int64)
 
 
 def _features(x: Any, key: str, where: str) -> np.ndarray:
@@ -302,8 +282,9 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(
             f"data.path: {path} lacks array(s) {', '.join(missing)}; found: {', '.join(sorted(arrays)) or 'none'}"
         )
+    records = sum(np.atleast_1d(arrays[k]).shape[0] for k in ("x", "x_test") if k in arrays)
     x = _features(arrays["x"], "x", str(path))
-    y = _labels(arrays["y"], "y", str(path))
+    y = _labels(arrays["y"], "y", str(path), records)
     if len(x) != len(y):
         raise DataError(f"data.path: {path}: x has {len(x)} records but y has {len(y)}; allowed: one label per record")
     if len(y) < 2:
@@ -313,13 +294,17 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(f"data.path: {path} has {has_test[0]} without its partner; give both x_test and y_test")
     if has_test:
         x_te = _features(arrays["x_test"], "x_test", str(path))
-        y_te = _labels(arrays["y_test"], "y_test", str(path))
+        y_te = _labels(arrays["y_test"], "y_test", str(path), records)
         if len(x_te) != len(y_te):
             raise DataError(f"data.path: {path}: x_test has {len(x_te)} records but y_test has {len(y_te)}; allowed: "
                             "one label per record")
         if x_te.shape[1:] != x.shape[1:]:
             raise DataError(f"data.path: {path}: x_test records {x_te.shape[1:]} differ from x records {x.shape[1:]}")
-    num_classes = _check_label_range({"y": y, "y_test": y_te} if has_test else {"y": y}, str(path))
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise DataError(f"data.path: {path}: array 'y' holds a single class ({classes[0]}); allowed: at least 2 "
+                        "classes")
+    num_classes = int(max(y.max(), y_te.max() if has_test and y_te.size else 0)) + 1
     if has_test:
         x_tr, y_tr = x, y
     else:

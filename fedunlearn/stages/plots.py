@@ -73,9 +73,9 @@ def attack_band(summary: dict, attack: str) -> tuple[float, float] | None:
 
 
 def _legend_outside(ax: plt.Axes, others: list[plt.Axes] | None = None) -> None:
-    """One legend right of ``ax`` with what it and ``others`` drew, duplicate labels dropped."""
+    """One legend right of ``ax`` with what ``others`` (default: ``ax`` alone) drew, duplicate labels dropped."""
     seen: dict[str, object] = {}
-    for a in [ax, *(others or [])]:
+    for a in others or [ax]:
         for h, label in zip(*a.get_legend_handles_labels()):
             seen.setdefault(label, h)
     ax.legend(seen.values(), seen.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
