@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedunlearn.errors import ConfigError, FedUnlearnError
+from fedunlearn.terminal import PhaseProgress, make_console, rich_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
 
@@ -32,8 +31,8 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="print the version and exit")) -> None:
     """Federated-unlearning simulator."""
-console = Console(width=None if sys.stdout.isatty() else 140)  # logs and CI get the whole table
-err_console = Console(stderr=True)
+console = make_console()  # a terminal's width; piped: COLUMNS, else 100 (the tables fit it)
+err_console = make_console(stderr=True)
 
 
 def _fail(err: Exception) -> None:
@@ -41,45 +40,24 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2 if isinstance(err, ConfigError) else 1)
 
 
+#: rows of the per-client table on the terminal (withdrawn clients first); every client is in per_client.csv
+MAX_CLIENT_ROWS = 24
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    from fedunlearn.stages.report import summary_table, withdrawal_label
-
-    header, rows = summary_table(summary, compact=True)
-    table = Table(title=f"{summary['name']}: withdrawn {withdrawal_label(summary)}, null band "
-                        f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}]")
-    width = max(len(r[0]) for r in rows) if rows else 5
-    for h in header:
-        if h == "model":
-            table.add_column(h, justify="left", no_wrap=True, min_width=width)
-        else:
-            table.add_column(h, justify="right")
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
-    _print_client_table(run_dir, summary)
-    console.print(f"results: [bold]{run_dir}[/] (report.md, per_client.csv, plots/)")
-
-
-def _print_client_table(run_dir: Path, summary: dict) -> None:
+    """The result tables (utility and cost, one per attack, per-client AUC), the same cells as report.md's."""
     import csv
 
+    from fedunlearn.stages.report import withdrawal_label
+    from fedunlearn.stages.tables import client_auc_table, summary_tables
+
+    for table in summary_tables(summary, withdrawal_label(summary)):
+        console.print(rich_table(table))
+        console.print()
     with (run_dir / "per_client.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    attack = summary["attacks"][0]
-    models = list(summary["models"])
-    table = Table(title=f"Per-client {attack}-attack AUC (members vs the client's audit records)")
-    table.add_column("client", justify="right")
-    for m in models:
-        table.add_column(m, justify="right")
-    clients = sorted({int(r["client"]) for r in rows})
-    for c in clients:
-        cells = []
-        for m in models:
-            r = next((r for r in rows if r["model"] == m and int(r["client"]) == c and r["attack"] == attack), None)
-            cells.append(r["auc"][:5] if r else "—")
-        mark = " (withdrawn)" if c in summary["withdrawn_clients"] else ""
-        table.add_row(f"{c}{mark}", *cells)
-    console.print(table)
+    console.print(rich_table(client_auc_table(summary, rows, summary["attacks"][0], MAX_CLIENT_ROWS)))
+    console.print(f"results: [bold]{escape(str(run_dir))}[/] (report.md, per_client.csv, plots/)")
 
 
 @app.command()
@@ -108,20 +86,12 @@ def run(
         if resume is not None and (config is not None or overrides):
             raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
         cfg = load_config(config, overrides) if resume is None else None
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
-            tasks: dict[str, int] = {}
-
-            def on_round(phase: str, rnd: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(phase, total=total or None)
-                progress.update(tasks[phase], completed=rnd)
-
+        with PhaseProgress(console) as progress:
             if resume is not None:
                 from fedunlearn.engine.session import load_run_config
 
                 cfg = load_run_config(resume)
-            result = run_experiment(cfg, out=out, resume=resume, progress=on_round)  # type: ignore[arg-type]
+            result = run_experiment(cfg, out=out, resume=resume, progress=progress)  # type: ignore[arg-type]
     except FedUnlearnError as err:
         _fail(err)
         return
@@ -173,7 +143,9 @@ def audit(
             from fedunlearn.engine.replicas import train_seed_runs
 
             train_seed_runs(run_dir, m)
-        summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None, seeds=seeds)
+        with PhaseProgress(console) as progress:
+            summary = run_audit(run_dir, [a.strip() for a in attacks.split(",")] if attacks else None, seeds=seeds,
+                                progress=progress)
         write_report(run_dir)
     except FedUnlearnError as err:
         _fail(err)

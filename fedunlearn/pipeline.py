@@ -34,13 +34,13 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def finish_run(run_dir: Path, failed: dict[str, str] | None = None) -> dict:
+def finish_run(run_dir: Path, failed: dict[str, str] | None = None, progress: Progress | None = None) -> dict:
     """After the FL stage: the A2 seed replicas (a step of their own: the audit only reads), the audit of every
     saved model, the report. ``flwr run .`` runs this too, after its ServerApp's FL phases."""
     seeds = load_run_config(run_dir).audit.seeds
     if seeds:
         train_seed_runs(run_dir, seeds)
-    summary = run_audit(run_dir, failed=failed)
+    summary = run_audit(run_dir, failed=failed, progress=progress)
     write_report(run_dir)
     return summary
 
@@ -62,7 +62,7 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path
     else:
         job = run_flower(cfg, run_dir, progress)
         failed, memory = job.failed, job.memory
-    summary = finish_run(run_dir, failed)
+    summary = finish_run(run_dir, failed, progress)
     _record_peak_memory(run_dir, memory)
     return RunResult(run_dir, summary, failed, time.perf_counter() - t0)
 

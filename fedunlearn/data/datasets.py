@@ -222,20 +222,28 @@ def load_cifar10(cfg: DataConfig, seed: int) -> Dataset:
 # --------------------------------------------------------------------------------------------------- npz
 
 
-def _labels(y: Any, key: str, where: str) -> np.ndarray:
-    """Check that ``y`` holds non-negative integer labels (integral floats accepted) and return them as int64."""
+def _labels(y: Any, key: str, where: str, records: int) -> np.ndarray:
+    """Integer class indices 0..C-1 as int64 (integral floats accepted), with C at most ``records`` (the records of
+    x and x_test): larger labels are ids, not classes — a label of 10^9 would build a model with 10^9 outputs."""
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"data.path: {where}: array {key!r} must be 1-D labels, got shape {y.shape}")
-    if y.dtype.kind in "iu":
-        out = y.astype(np.int64)
-    elif y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        out = y.astype(np.int64)
-    else:
+    if y.dtype.kind not in "iuf":
         raise DataError(f"data.path: {where}: array {key!r} must hold integer class labels, got dtype {y.dtype}")
-    if out.size and out.min() < 0:
-        raise DataError(f"data.path: {where}: array {key!r} has negative labels; allowed: 0..C-1")
-    return out
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y))) if y.dtype.kind == "f" else []
+    if len(bad):
+        raise DataError(f"data.path: {where}: array {key!r} has {len(bad)} non-integer label(s) (first: "
+                        f"{float(y[bad[0]])} at record {bad[0]}); allowed: integer class indices 0..C-1")
+    neg = np.flatnonzero(y < 0)
+    if neg.size:
+        raise DataError(f"data.path: {where}: array {key!r} has {neg.size} negative label(s) (first: {y[neg[0]]:g} "
+                        f"at record {neg[0]}); allowed: 0..C-1")
+    if y.size and y.max() >= records:  # compared before the int64 cast, which would wrap values beyond it
+        i = int(np.argmax(y))
+        raise DataError(f"data.path: {where}: array {key!r} has label {y[i]:.12g} (record {i}), more classes than "
+                        f"the {records} records; allowed: class indices 0..C-1 with C <= {records} (relabel, e.g. "
+                        "np.unique(y, return_inverse=True))")
+    return y.astype(np.int64)
 
 
 def _features(x: Any, key: str, where: str) -> np.ndarray:
@@ -246,7 +254,14 @@ def _features(x: Any, key: str, where: str) -> np.ndarray:
         )
     if x.dtype.kind not in "biuf":
         raise DataError(f"data.path: {where}: array {key!r} must be numeric, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: reported below
+        out = x.astype(np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rec = int(np.flatnonzero(bad.reshape(len(out), -1).any(axis=1))[0])
+        raise DataError(f"data.path: {where}: array {key!r} has {int(bad.sum())} NaN or infinite value(s) as float32 "
+                        f"(first in record {rec}); allowed: finite numbers below {np.finfo(np.float32).max:.1e}")
+    return out
 
 
 @DATASETS.register("npz")
@@ -267,10 +282,11 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(
             f"data.path: {path} lacks array(s) {', '.join(missing)}; found: {', '.join(sorted(arrays)) or 'none'}"
         )
+    records = sum(np.atleast_1d(arrays[k]).shape[0] for k in ("x", "x_test") if k in arrays)
     x = _features(arrays["x"], "x", str(path))
-    y = _labels(arrays["y"], "y", str(path))
+    y = _labels(arrays["y"], "y", str(path), records)
     if len(x) != len(y):
-        raise DataError(f"data.path: {path}: x has {len(x)} records but y has {len(y)}")
+        raise DataError(f"data.path: {path}: x has {len(x)} records but y has {len(y)}; allowed: one label per record")
     if len(y) < 2:
         raise DataError(f"data.path: {path}: needs at least 2 records, got {len(y)}")
     has_test = [k for k in ("x_test", "y_test") if k in arrays]
@@ -278,15 +294,21 @@ def load_npz(cfg: DataConfig, seed: int) -> Dataset:
         raise DataError(f"data.path: {path} has {has_test[0]} without its partner; give both x_test and y_test")
     if has_test:
         x_te = _features(arrays["x_test"], "x_test", str(path))
-        y_te = _labels(arrays["y_test"], "y_test", str(path))
+        y_te = _labels(arrays["y_test"], "y_test", str(path), records)
         if len(x_te) != len(y_te):
-            raise DataError(f"data.path: {path}: x_test has {len(x_te)} records but y_test has {len(y_te)}")
+            raise DataError(f"data.path: {path}: x_test has {len(x_te)} records but y_test has {len(y_te)}; allowed: "
+                            "one label per record")
         if x_te.shape[1:] != x.shape[1:]:
             raise DataError(f"data.path: {path}: x_test records {x_te.shape[1:]} differ from x records {x.shape[1:]}")
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise DataError(f"data.path: {path}: array 'y' holds a single class ({classes[0]}); allowed: at least 2 "
+                        "classes")
+    num_classes = int(max(y.max(), y_te.max() if has_test and y_te.size else 0)) + 1
+    if has_test:
         x_tr, y_tr = x, y
     else:
         x_tr, x_te, y_tr, y_te = _split(x, y, cfg.test_fraction, seed)
-    num_classes = int(max(y.max(), y_te.max() if len(y_te) else 0)) + 1
     x_tr, y_tr = _cap(x_tr, y_tr, cfg, seed)
     return Dataset("npz", x_tr, y_tr, x_te, y_te, num_classes)
 

@@ -92,7 +92,7 @@ class FedAvgRounds:
         self.fraction = ctx.cfg.train.fraction if fraction is None else fraction
         self.record_history = record_history
         self.round_offset = round_offset
-        self.total_rounds = 0
+        self.total_rounds = 0  # set by the caller: rounds this engine runs (progress: round_offset + total_rounds)
         self.last_sampled: list[int] = []
 
     def configure(self, rnd: int) -> tuple[list[int], dict[str, Scalar]]:
@@ -118,10 +118,8 @@ class FedAvgRounds:
         check_failure_share(self.phase, r, len(ok), n, self.ctx.cfg.train.max_failure_share, failed)
         new = weighted_average([(x.weights, max(x.num_examples, 1)) for x in ok])  # type: ignore[misc]
         self._record(r, sent, ok)
-        self.ctx.log_round(self.phase, r, new, ok, missing)
+        self.ctx.log_round(self.phase, r, new, ok, missing, total=self.round_offset + self.total_rounds)
         self.ctx.costs.note(rounds=1)
-        if self.ctx.on_round:
-            self.ctx.on_round(self.phase, rnd, self.total_rounds)
         return new
 
     def _record(self, r: int, sent: Weights, ok: Sequence[ClientReply]) -> None:

@@ -145,15 +145,19 @@ class ServerContext:
         cfg.update(extra or {})
         return cfg
 
-    def log_round(self, phase: str, rnd: int, new: Weights, ok: Sequence[ClientReply], failed: int) -> None:
+    def log_round(self, phase: str, rnd: int, new: Weights, ok: Sequence[ClientReply], failed: int,
+                  total: int = 0, step: int | None = None) -> None:
         """One ``rounds.csv`` row: the successful clients' example-weighted training metrics and the new global
-        model's central test metrics."""
+        model's central test metrics; then progress to ``on_round``: ``step`` (default ``rnd``) of ``total`` (0 = not
+        known)."""
         n = sum(max(x.num_examples, 1) for x in ok)
         tl = sum(x.metrics.get("loss", 0.0) * max(x.num_examples, 1) for x in ok) / n
         ta = sum(x.metrics.get("accuracy", 0.0) * max(x.num_examples, 1) for x in ok) / n
         test_loss, test_acc = self.evaluate(new) if self.evaluate else (float("nan"), float("nan"))
         self.rounds.add(RoundRow(phase, rnd, len(ok), failed, round(tl, 6), round(ta, 6), round(test_loss, 6),
                                  round(test_acc, 6)))
+        if self.on_round:
+            self.on_round(phase, rnd if step is None else step, total)
 
     def ingest(self, replies: Sequence[ClientReply], sent: Weights | None, n_sent: int,
                records: Records | None = None) -> None:

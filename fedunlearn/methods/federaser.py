@@ -118,19 +118,21 @@ class FedEraser(UnlearningMethod):
         with job.track("calibrate"):
             ctx.costs.note(server_storage_bytes=hist.storage_bytes())
             w = hist.load_global(stored[0])
-            for t in stored:
+            for i, t in enumerate(stored, 1):
                 pids = [k for k in hist.clients_at(t) if k in remaining]
                 if not pids:
                     log.info("federaser: no remaining client stored at round %d; skipped", t)
                     continue
                 replies = job.fed.send(pids, STEP, w, {"local_epochs": epochs, "round": t})
                 ctx.costs.note(rounds=1)
-                w = self._calibrated_round(job, t, w, replies)
+                w = self._calibrated_round(job, t, w, replies, (i, len(stored)))
             return w
 
     @staticmethod
-    def _calibrated_round(job: UnlearnJob, t: int, w: Weights, replies: list[ClientReply]) -> Weights:
-        """Server half of one stored round: calibrate each new update against the stored one, aggregate, apply."""
+    def _calibrated_round(job: UnlearnJob, t: int, w: Weights, replies: list[ClientReply],
+                          of: tuple[int, int]) -> Weights:
+        """Server half of one stored round (the ``of[0]``-th of ``of[1]``): calibrate each new update against the
+        stored one, aggregate, apply."""
         ctx = job.fed.ctx
         ok = [r for r in replies if r.ok and r.weights is not None]
         failed = [r for r in replies if not r.ok]
@@ -141,5 +143,5 @@ class FedEraser(UnlearningMethod):
             new = subtract(r.weights, w)  # type: ignore[arg-type]
             items.append((calibrate(old, new), float(max(r.num_examples, 1))))
         w = apply_update(w, weighted_average(items))
-        ctx.log_round(ctx.phase, t, w, ok, len(failed))
+        ctx.log_round(ctx.phase, t, w, ok, len(failed), total=of[1], step=of[0])  # progress: stored round i of n
         return w

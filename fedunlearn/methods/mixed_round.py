@@ -100,7 +100,7 @@ class MethodRounds:
         with self.phase(name):
             engine = FedAvgRounds(self.ctx, self.ctx.phase, self.job.remaining if pids is None else pids, step=step,
                                   step_config=config, round_offset=rnd - 1)
-            engine.total_rounds = max(total, rnd)
+            engine.total_rounds = max(total, rnd) - engine.round_offset  # rounds left, as Phases and job.fedavg
             return self.job.fed.fedavg(engine, weights, 1)
 
     def average(self, name: str, rnd: int, replies: Sequence[ClientReply], expected: int) -> Weights:

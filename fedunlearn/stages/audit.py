@@ -21,6 +21,7 @@ often it flags clients when both models are retrains that differ only in their s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fedunlearn.audit.attacks import ATTACKS
@@ -43,13 +44,14 @@ from fedunlearn.stages.verdicts import equivalence_margins
 
 
 def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str, str] | None = None,
-              seeds: int | None = None) -> dict:
+              seeds: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Audit every model of a finished run; writes ``per_client.csv``, ``summary.json``, ``vulnerable_records.csv``
     and ``signals/scores.npz``; returns the summary.
 
     ``seeds`` (default ``audit.seeds``) > 0 adds the A2 seed-distribution audit over the replicas in ``seeds/``,
     which the pipeline trains before the audit (``fedunlearn.engine.replicas.train_seed_runs``;
     ``fedunlearn audit --seeds M`` runs it first): the audit only reads saved models and never trains.
+    ``progress(phase, step, steps)`` hears of each model's signals, the scores and the summary (phase ``audit``).
     """
     from fedunlearn.data import load_partitions
     from fedunlearn.errors import ConfigError
@@ -71,10 +73,18 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     withdrawn = set(cfg.withdraw.clients)
     needs_refs = any("reference" in ATTACKS.get(a).needs for a in attacks)
     refs = load_references(run_dir, cfg, parts) if needs_refs else None
-    sigs = {m: compute_signals(run_dir, m) for m in names}
     nulls = null_model_names(run_dir)
-    for n in nulls:
-        sigs[n] = compute_signals(run_dir, n)
+    steps, done = len(names) + len(nulls) + 2, []  # each model's signals, the scores, the summary
+
+    def tick() -> None:
+        done.append(1)
+        if progress:
+            progress("audit", len(done), steps)
+
+    sigs = {}
+    for m in [*names, *nulls]:
+        sigs[m] = compute_signals(run_dir, m)
+        tick()
     access = AccessLog(run_dir / "data_access.csv", WithdrawalWindow({p: "closed" for p in withdrawn}))
     access.record([DataRead(k, s, len(getattr(parts, "members" if s == "member" else "audit")[k]), "audit")
                    for k in range(parts.num_clients) for s in ("member", "audit")], "audit")
@@ -92,6 +102,7 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     save_scores(run_dir / "signals" / "scores.npz", scores)
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, attacks, cfg.audit.vulnerable_top)
     write_rows(run_dir / "vulnerable_records.csv", VULNERABLE_COLUMNS, vulnerable)
+    tick()
 
     null_scores = score_models(nulls, sigs, parts, attacks, gamma, refs) if nulls else {}
     margins = equivalence_margins(null_scores, scores, nulls, attacks, parts.num_clients)
@@ -106,4 +117,5 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     from fedunlearn.io import atomic_write_json
 
     atomic_write_json(run_dir / "summary.json", json_safe(summary))
+    tick()
     return summary

@@ -1,5 +1,5 @@
-"""``report.md`` from a run directory's saved results (``fedunlearn report`` re-draws it with the plots) and the
-summary table the terminal shows."""
+"""``report.md`` from a run directory's saved results (``fedunlearn report`` re-draws it with the plots); its
+result tables come from ``fedunlearn.stages.tables``: the same cells the terminal shows."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from pathlib import Path
 from fedunlearn.io import atomic_write_text
 from fedunlearn.stages.plots import (
     plot_accuracy_bars,
-    plot_auc_heatmap,
     plot_client_auc,
-    plot_epsilon_hist,
     plot_leakage_vs_cost,
+    plot_training_curves,
+    plot_utility_vs_leakage,
+)
+from fedunlearn.stages.plots_audit import (
+    plot_auc_heatmap,
+    plot_epsilon_hist,
     plot_roc_grid,
     plot_roc_withdrawn,
-    plot_training_curves,
     plot_vulnerable_records,
 )
+from fedunlearn.stages.tables import markdown, summary_tables
 
 
 def _num(v: object, fmt: str = ".3f") -> str:
@@ -85,45 +89,14 @@ def withdrawal_label(summary: dict) -> str:
     return f"client(s) {summary['withdrawn_clients']}"
 
 
-def summary_table(summary: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The method table shown on the terminal (``compact``: no CIs, short headers) and in report.md."""
-    attacks = summary["attacks"]
-    header = ["model", "test acc", "withdrawn acc", "retained acc"]
-    if compact:
-        header = ["model", "test", "u acc", "kept"]
-    for a in attacks:
-        header += ([f"{a} AUC", "Δ retrain", "verdict"] if compact
-                   else [f"{a} AUC [95% CI]", f"Δ vs retrain ({a})", f"vs retrain ({a})", f"never seen ({a})"])
-    header += ["wall s", "speed-up"]
-    rows = []
-    for m, e in summary["models"].items():
-        row = [m, f"{e['test_accuracy']:.3f}", f"{e['withdrawn_accuracy']:.3f}", f"{e['retained_accuracy']:.3f}"]
-        for a in attacks:
-            leak = e["leakage"].get(a)
-            if leak is None:
-                row += ["—"] * (3 if compact else 4)
-                continue
-            d = leak.get("distance_to_retrain")
-            auc = f"{leak['auc']:.3f}" if compact else f"{leak['auc']:.3f} [{leak['auc_lo']:.3f}, {leak['auc_hi']:.3f}]"
-            short = {"under-unlearned": "under", "over-unlearned": "over", "equivalent": "equiv."}
-            verdict = short.get(leak["verdict"], leak["verdict"]) if compact else leak["verdict"]
-            row += [auc, "—" if d is None or m == "retrain" else f"{d:+.3f}", verdict]
-            if not compact:
-                row.append(leak.get("never_seen") or "—")
-        cost = e.get("cost")
-        sp = (e.get("speedup_vs_retrain") or {}).get("wall")
-        row += [f"{cost['wall_s']:.1f}" if cost else "—", f"{sp:.1f}×" if sp and m != "retrain" else "—"]
-        rows.append(row)
-    return header, rows
-
-
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    plots = [plot_training_curves(run_dir), plot_accuracy_bars(run_dir, summary)]
+    plots = [plot_training_curves(run_dir, summary), plot_accuracy_bars(run_dir, summary),
+             plot_utility_vs_leakage(run_dir, summary)]
     for a in summary["attacks"]:
-        plots.append(plot_client_auc(run_dir, a))
-        plots.append(plot_leakage_vs_cost(run_dir, a))
+        plots.append(plot_client_auc(run_dir, a, summary))
+        plots.append(plot_leakage_vs_cost(run_dir, a, summary))
     from fedunlearn.stages.scoring import load_scores
 
     scores = load_scores(run_dir)
@@ -133,15 +106,14 @@ def write_report(run_dir: Path) -> Path:
     plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
     if summary.get("seed_audit"):
         plots.append(plot_epsilon_hist(run_dir))
-    header, rows = summary_table(summary)
     lines = [f"# fedunlearn report: {summary['name']}", "",
              f"Withdrawn: {withdrawal_label(summary)}; seed {summary['seed']}; "
              f"{summary['n_member']} member vs {summary['n_nonmember']} audit records (held-out, never read by any "
              "method) audited; null band "
              f"[{summary['null_band'][0]:.3f}, {summary['null_band'][1]:.3f}] (AUC expected of a model that never saw "
-             "the withdrawn client).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             "the withdrawn client)."]
+    for table in summary_tables(summary, withdrawal_label(summary)):  # the cells the terminal shows
+        lines += [""] + markdown(table)
     if summary.get("failed_methods"):
         lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
     lines += audit_sections(summary)

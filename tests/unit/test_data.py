@@ -290,8 +290,10 @@ def test_npz_images_with_test_arrays_and_relative_path(tmp_path: Path, monkeypat
     [
         ({"x": np.zeros((5, 3))}, "lacks array"),
         ({"x": np.zeros((5, 3)), "y": np.zeros(4, dtype=int)}, "5 records but y has 4"),
-        ({"x": np.zeros((5, 3)), "y": np.array([0.5, 1, 0, 1, 0])}, "integer class labels"),
-        ({"x": np.zeros((5, 3)), "y": np.array([0, -1, 0, 1, 0])}, "negative labels"),
+        ({"x": np.zeros((5, 3)), "y": np.array([0.5, 1, 0, 1, 0])}, r"array 'y' has 1 non-integer label\(s\) \(first: "
+         r"0\.5 at record 0\)"),
+        ({"x": np.zeros((5, 3)), "y": np.array([0, -1, 0, 1, 0])}, r"array 'y' has 1 negative label\(s\) \(first: -1 "
+         r"at record 1\)"),
         ({"x": np.zeros((5, 3, 3)), "y": np.zeros(5, dtype=int)}, "allowed: \\(N, features\\)"),
         ({"x": np.zeros((5, 3)), "y": np.zeros(5, dtype=int), "x_test": np.zeros((2, 3))}, "without its partner"),
     ],
@@ -302,6 +304,64 @@ def test_npz_errors(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -
         load_dataset(DataConfig(dataset="npz", path=p), 0)
     msg = str(err.value)
     assert msg.startswith("data.path") and "\n" not in msg
+
+
+_X = np.arange(30, dtype=np.float64).reshape(10, 3)
+_Y = np.arange(10) % 2
+
+
+def _with(arr: np.ndarray, idx: tuple, value: float) -> np.ndarray:
+    out = arr.astype(np.float64).copy()
+    out[idx] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"x": _with(_X, (3, 1), np.nan), "y": _Y}, r"array 'x' has 1 NaN or infinite value\(s\) as float32 \(first in "
+         r"record 3\); allowed: finite numbers"),
+        ({"x": _with(_X, (4, 0), np.inf), "y": _Y}, r"array 'x' has 1 NaN or infinite value"),
+        ({"x": _with(_X, (5, 2), 1e300), "y": _Y}, r"array 'x' has 1 NaN or infinite value\(s\) as float32 \(first in "
+         r"record 5\)"),  # finite in float64, infinite once cast
+        ({"x": _X, "y": _Y, "x_test": _with(_X[:4], (2, 0), -np.inf), "y_test": _Y[:4]},
+         r"array 'x_test' has 1 NaN or infinite value\(s\) as float32 \(first in record 2\)"),
+        ({"x": _X, "y": _with(_Y, (6,), np.nan)}, r"array 'y' has 1 non-integer label\(s\) \(first: nan at record 6\)"),
+        ({"x": _X, "y": _with(_Y, (2,), 2.5)}, r"array 'y' has 1 non-integer label\(s\) \(first: 2\.5 at record 2\)"),
+        ({"x": _X, "y": _with(_Y, (2,), 10**9).astype(np.int64)}, r"array 'y' has label 1000000000 \(record 2\), more "
+         r"classes than the 10 records; allowed: class indices 0..C-1 with C <= 10"),
+        ({"x": _X, "y": _with(_Y, (7,), 1e9)}, r"array 'y' has label 1000000000 \(record 7\)"),  # integral float
+        ({"x": _X, "y": _with(_Y, (0,), 1e30)}, r"array 'y' has label 1e\+30 \(record 0\)"),
+        ({"x": _X, "y": _Y, "x_test": _X[:4], "y_test": np.array([0, 1, 40, 0])},
+         r"array 'y_test' has label 40 \(record 2\), more classes than the 14 records"),
+        ({"x": _X, "y": np.full(10, 3)}, r"array 'y' holds a single class \(3\); allowed: at least 2 classes"),
+        ({"x": _X, "y": _Y, "x_test": _X[:4], "y_test": _Y[:3]}, r"x_test has 4 records but y_test has 3; allowed: one "
+         r"label per record"),
+        ({"x": _X, "y": _Y[:9]}, r"x has 10 records but y has 9; allowed: one label per record"),
+    ],
+)
+def test_npz_bad_values_named_before_training(tmp_path: Path, arrays: dict[str, np.ndarray], match: str) -> None:
+    """NaN/inf features, non-integer / out-of-range labels, a single class, mismatched lengths: one line naming the
+    array and the problem, a DataError (a ConfigError: the CLI exits 2)."""
+    p = _write_npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=match) as err:
+        load_dataset(DataConfig(dataset="npz", path=p), 0)
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value) and str(err.value).startswith("data.path")
+
+
+def test_npz_huge_label_exits_2_before_any_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label of 10^9 used to make a model with 10^9 outputs; now ``fedunlearn run`` refuses the file up front."""
+    from typer.testing import CliRunner
+
+    from fedunlearn.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    p = _write_npz(tmp_path / "ids.npz", x=_X, y=_with(_Y, (2,), 10**9).astype(np.int64))
+    res = CliRunner().invoke(app, ["run", "--set", 'data.dataset="npz"', "--set", f'data.path="{p}"',
+                                   "--set", "data.clients=2", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    assert "array 'y' has label 1000000000" in res.output and res.output.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists() and not [q for q in tmp_path.iterdir() if q.name.startswith(".")]
 
 
 def test_npz_missing_file(tmp_path: Path) -> None:
