@@ -13,7 +13,8 @@ from typing import Any
 import tomllib
 from pydantic import ValidationError
 
-from fedunlearn.config.schema import ExperimentConfig, format_errors, to_toml
+from fedunlearn.config.render import format_errors, to_toml
+from fedunlearn.config.schema import ExperimentConfig
 from fedunlearn.errors import ConfigError
 
 __all__ = ["apply_overrides", "config_from_dict", "load_config", "parse_value", "registries", "to_toml"]
@@ -61,7 +62,7 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data, context={"registries": registries()})
     except ValidationError as err:
-        raise ConfigError(format_errors(err)) from None
+        raise ConfigError(format_errors(err, ExperimentConfig)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -8,12 +8,12 @@ that for every user config); a client re-reading the server's resolved config ne
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fedunlearn.config.render import format_errors
 from fedunlearn.errors import ConfigError
 
 
@@ -177,7 +177,7 @@ class UnlearnConfig(BaseModel):
             try:
                 setattr(self, key, params_cls.model_validate(value or {}))
             except ValidationError as err:
-                raise ValueError(format_errors(err, prefix=f"unlearn.{key}.", model=params_cls)) from None
+                raise ValueError(format_errors(err, params_cls, prefix=f"unlearn.{key}.")) from None
         for m in dict.fromkeys([*self.methods, "retrain"]):
             if m in methods and m not in (self.model_extra or {}):
                 setattr(self, m, methods.get(m).Params())
@@ -327,55 +327,3 @@ class ExperimentConfig(Strict):
             ok = [m for m in methods.names() if "class" in methods.get(m).granularity]
             raise ValueError(f"unlearn.methods: {', '.join(bad)} unlearn whole clients only; allowed with "
                              f"withdraw.classes: {', '.join(ok)}")
-
-
-# -------------------------------------------------------------------------------------------------- TOML
-
-
-def to_toml(cfg: ExperimentConfig) -> str:
-    """Serialize the fully resolved config (every default spelled out) as TOML (``tomli_w``: it escapes control
-    characters and newlines in strings; unset optional values are left out, TOML has no null)."""
-    import tomli_w
-
-    return tomli_w.dumps(_drop_none(cfg.model_dump(mode="json")))
-
-
-def _drop_none(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _drop_none(v) for k, v in data.items() if v is not None}
-    if isinstance(data, list):
-        return [_drop_none(v) for v in data]
-    return data
-
-
-# ------------------------------------------------------------------------------------------- error messages
-
-
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every dotted key of a config model (sections recursed), for "did you mean" suggestions."""
-    out = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _known_keys(ann, f"{prefix}{name}.")
-        else:
-            out.append(f"{prefix}{name}")
-    return out
-
-
-def format_errors(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    """A pydantic error as one line per problem, "; "-joined, each naming its dotted key."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not str(x).startswith("function-after"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-            close = difflib.get_close_matches(loc, _known_keys(model or ExperimentConfig), n=1, cutoff=0.6)
-            if close:
-                msg += f"; did you mean {prefix}{close[0]}?"
-        if loc and msg.startswith(f"{loc}."):  # a nested table already named its own location
-            parts.append(msg)
-        else:
-            parts.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
-    return "; ".join(parts)

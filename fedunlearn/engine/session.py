@@ -18,7 +18,8 @@ from importlib import metadata
 from pathlib import Path
 
 from fedunlearn.config.load import load_config
-from fedunlearn.config.schema import ExperimentConfig, to_toml
+from fedunlearn.config.render import to_toml
+from fedunlearn.config.schema import ExperimentConfig
 from fedunlearn.data import save_partitions
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import ConfigError

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedunlearn.config.schema import MethodParams, to_toml
+from fedunlearn.config.render import to_toml
+from fedunlearn.config.schema import MethodParams
 from fedunlearn.fl.history import UpdateHistory
 from fedunlearn.fl.protocol import ClientReply, Records, Scalar
 from fedunlearn.io import atomic_write_text
