@@ -76,31 +76,32 @@ def check_results_file(run_dir: str | Path, name: str, columns: list[str]) -> No
         raise ConfigError(f"{name}: {path} lacks columns {', '.join(missing)}; {redo}")
 
 
-def check_writable(folder: str | Path, what: str) -> None:
+def check_writable(folder: str | Path, what: str, shown: str | Path | None = None) -> None:
     """``folder`` (an existing directory) takes new files: probed by creating and removing one, since permission
-    bits say nothing to root or on a read-only file system."""
+    bits say nothing to root or on a read-only file system. ``shown``: the path the user gave, when not ``folder``."""
     import tempfile
 
     try:
         fd, probe = tempfile.mkstemp(prefix=".fedunlearn-probe-", dir=folder)
     except OSError as err:
-        raise ConfigError(f"{what}: {folder} is not writable ({err.strerror or err}); allowed: a directory you can "
-                          "write to") from None
+        where = f"{shown} is not writable ({folder}: " if shown else f"{folder} is not writable ("
+        raise ConfigError(f"{what}: {where}{err.strerror or err}); allowed: a directory you can write to") from None
     os.close(fd)
     os.unlink(probe)
 
 
-def check_place(path: str | Path, what: str) -> None:
+def check_place(path: str | Path, what: str, shown: str | Path | None = None) -> None:
     """New files and directories can be made at ``path``: its nearest existing ancestor (or itself) is a writable
     directory."""
     path = Path(path).expanduser().absolute()
+    shown = shown or path
     place = path
     while not place.exists():
         place = place.parent
     if not place.is_dir():
-        raise ConfigError(f"{what}: {path} is under a file ({place}); allowed: a new or empty directory in a "
+        raise ConfigError(f"{what}: {shown} is under a file ({place}); allowed: a new or empty directory in a "
                           "writable place")
-    check_writable(place, what)
+    check_writable(place, what, shown)
 
 
 def check_out_dir(path: str | Path, what: str = "--out") -> None:
@@ -111,4 +112,4 @@ def check_out_dir(path: str | Path, what: str = "--out") -> None:
         raise ConfigError(f"{what}: {path} is an existing file; allowed: a new or empty directory in a writable place")
     if path.is_dir() and any(path.iterdir()):
         raise ConfigError(f"{what}: {path} exists and is not empty; use --resume {path} to continue it")
-    check_place(path.parent, what)
+    check_place(path.parent, what, path)

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedunlearn.errors import ConfigError
 from fedunlearn.stages.inference import Scores
 from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS, load_scores
 
@@ -78,6 +79,10 @@ def _why_not_keep(run_dir: Path, prev: dict, stamps: dict[str, int]) -> str:
         return "the previous per_client.csv is missing or incomplete"
     if not (run_dir / "signals" / "scores.npz").is_file():
         return "the previous signals/scores.npz is missing"
+    try:
+        load_scores(run_dir)
+    except ConfigError:
+        return "the previous signals/scores.npz cannot be read"
     return ""
 
 

@@ -147,19 +147,17 @@ def write_report(run_dir: Path) -> Path:
     ``per_client.csv`` is one line (``ConfigError``) before anything is drawn; a plot this report does not draw is
     removed, so ``plots/`` never shows a previous audit's picture."""
     from fedunlearn.rundir import check_results_file, check_writable, read_summary
-    from fedunlearn.stages.scoring import PER_CLIENT_BASE
+    from fedunlearn.stages.scoring import PER_CLIENT_BASE, load_scores
 
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     check_results_file(run_dir, "per_client.csv", PER_CLIENT_BASE)
     check_writable(run_dir, "run directory")
+    scores = load_scores(run_dir)
     plots = [plot_training_curves(run_dir), plot_accuracy_bars(run_dir, summary)]
     for a in summary["attacks"]:
         plots.append(plot_client_auc(run_dir, a))
         plots.append(plot_leakage_vs_cost(run_dir, a))
-    from fedunlearn.stages.scoring import load_scores
-
-    scores = load_scores(run_dir)
     if scores:
         plots += plot_roc_withdrawn(run_dir, scores, summary)
         plots += [plot_roc_grid(run_dir, scores, summary, a) for a in summary["attacks"]]
