@@ -51,7 +51,9 @@ def read_summary(run_dir: str | Path) -> dict:
         summary = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"summary.json: {path} is not valid JSON ({err}); {redo}") from None
-    missing = [k for k in SUMMARY_KEYS if k not in summary] if isinstance(summary, dict) else ["every key"]
+    if not isinstance(summary, dict):
+        raise ConfigError(f"summary.json: {path} is not a fedunlearn summary (not a JSON object); {redo}")
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
         raise ConfigError(f"summary.json: {path} is not a fedunlearn summary (missing {', '.join(missing)}); {redo}")
     return summary
@@ -99,8 +101,8 @@ def check_place(path: str | Path, what: str, shown: str | Path | None = None) ->
     while not place.exists():
         place = place.parent
     if not place.is_dir():
-        raise ConfigError(f"{what}: {shown} is under a file ({place}); allowed: a new or empty directory in a "
-                          "writable place")
+        where = "is an existing file" if place == Path(shown) else f"is under a file ({place})"
+        raise ConfigError(f"{what}: {shown} {where}; allowed: a directory in a writable place")
     check_writable(place, what, shown)
 
 
