@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -86,6 +85,13 @@ def run(
         if resume is not None and (config is not None or overrides):
             raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
         cfg = load_config(config, overrides) if resume is None else None
+        if cfg is not None:  # before anything is started: the run directory can be made where asked
+            from fedunlearn.rundir import check_out_dir, check_place
+
+            if out is not None:
+                check_out_dir(out)
+            else:
+                check_place(Path("runs"), "runs directory")
         with PhaseProgress(console) as progress:
             if resume is not None:
                 from fedunlearn.engine.session import load_run_config
@@ -96,22 +102,41 @@ def run(
         _fail(err)
         return
     _print_summary(result.summary, result.run_dir)
+    _print_verdict_notes(result.summary)
     console.print(f"wall time {result.wall_s:.1f} s")
+
+
+def _print_verdict_notes(summary: dict) -> None:
+    """Below the method table: a class withdrawal's headline verdicts (forgotten-class accuracy against retrain's),
+    and one line per method that could not be audited, with its reason (both are in summary.json and report.md)."""
+    forget = {m: e["forget_class"] for m, e in summary["models"].items() if e.get("forget_class")}
+    if forget:
+        table = Table(title=f"Class withdrawal {summary.get('withdrawn_classes')}: accuracy on the forgotten "
+                            "classes' members against retrain's (the headline verdict)")
+        for col in ("model", "accuracy", "Δ retrain", "margin", "verdict"):
+            table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+        for m, f in forget.items():
+            table.add_row(m, f"{f['accuracy']:.3f}", "—" if m == "retrain" else f"{f['delta']:+.3f}",
+                          f"±{f['margin']:.3f}", f["verdict"])
+        console.print(table)
+    for m, why in (summary.get("failed_methods") or {}).items():
+        console.print(f"[bold red]failed:[/] {escape(m)}: {escape(str(why))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
     """Re-draw plots and report.md from saved results."""
+    from fedunlearn.rundir import read_summary
     from fedunlearn.stages.report import write_report
 
     try:
-        if not (run_dir / "summary.json").is_file():
-            raise ConfigError(f"run directory: {run_dir} has no summary.json (not a finished fedunlearn run)")
-        path = write_report(run_dir)
+        path = write_report(run_dir)  # checks summary.json and per_client.csv before drawing anything
+        summary = read_summary(run_dir)
     except FedUnlearnError as err:
         _fail(err)
         return
-    _print_summary(json.loads((run_dir / "summary.json").read_text()), run_dir)
+    _print_summary(summary, run_dir)
+    _print_verdict_notes(summary)
     console.print(f"wrote {path}")
 
 
@@ -129,6 +154,9 @@ def audit(
 
     try:
         cfg = load_run_config(run_dir)
+        from fedunlearn.rundir import check_writable
+
+        check_writable(run_dir, "run directory")
         if attacks:
             from fedunlearn.audit.attacks import ATTACKS
 
@@ -151,6 +179,12 @@ def audit(
         _fail(err)
         return
     _print_summary(summary, run_dir)
+    _print_verdict_notes(summary)
+    from fedunlearn.stages.merge import audit_line
+
+    line = audit_line(summary.get("audit_run") or {})
+    if line:
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 @app.command()

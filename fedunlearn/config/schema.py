@@ -81,8 +81,8 @@ class DataConfig(Strict):
     validation: float = Field(0.25, gt=0, lt=1, description="share of each client's held-out records in its "
                               "validation part (methods may read it inside the withdrawal window); the rest is "
                               "the audit part, read by the audit alone")
-    seed: int | None = Field(None, description="seed of the data (dataset, partition, splits); absent = the "
-                                               "experiment seed. The A2 seed audit varies the training seed only")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="seed of the data (dataset, partition, splits); "
+                             "absent = the experiment seed. The A2 seed audit varies the training seed only")
 
     @field_validator("dataset")
     @classmethod
@@ -304,6 +304,9 @@ class ExperimentConfig(Strict):
         if "rmia" in self.audit.attacks and k - len(self.withdraw.clients) < 2:
             raise ValueError("audit.attacks: rmia needs >= 2 remaining clients (two reference federations on "
                              f"complementary halves); {k - len(self.withdraw.clients)} remain")
+        if self.data.seed is None and self.seed > 2**32 - 1:  # the data seed goes to sklearn: 0..2**32 - 1
+            raise ValueError(f"seed: {self.seed} is also the data seed (data.seed unset); allowed: 0..{2**32 - 1}, "
+                             "or set data.seed")
         r = self.withdraw.round
         if r != "end" and not 1 <= r < self.train.rounds:
             raise ValueError(f'withdraw.round: {r} not allowed; allowed: "end" or 1..{self.train.rounds - 1}')

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fedunlearn.audit.signals import RecordSignals, signals_from_logits
+from fedunlearn.errors import ConfigError
 from fedunlearn.rundir import ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL
 
 BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of both (RMIA averages its references)
@@ -45,14 +46,44 @@ class ModelSignals:
         return RecordSignals(prob_true=self.pool.prob_true[idx], phi=self.pool.phi[idx])
 
 
-def model_names(run_dir: Path) -> list[str]:
-    """The audited models: original, the methods (in the config's order), retrain; never ``NOT_AUDITED``."""
-    from fedunlearn.rundir import read_config
+class ModelFileError(ConfigError):
+    """A model file of a run directory that the audit cannot read: missing, empty, truncated or corrupt, or holding
+    weights of another model. The audit lists such a method under ``failed_methods``; for ``original`` and ``retrain``
+    (every verdict is against them) it stops with this one line."""
 
-    cfg = read_config(run_dir)
-    present = {p.stem for p in (run_dir / "models").glob("*.pt") if not is_null_model(p.stem)} - NOT_AUDITED
-    ordered = [ORIGINAL] + [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
-    return [m for m in ordered if m in present]
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} {reason}")
+
+
+def audited_models(cfg) -> list[str]:  # noqa: ANN001 - ExperimentConfig
+    """The models the audit expects, in order: original, the configured methods, retrain (never ``NOT_AUDITED``)."""
+    return [ORIGINAL] + [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    """The error's type and first sentence, for a one-line reason."""
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {text[:limit]}" if text else type(err).__name__
+
+
+def load_model(path: Path, cfg, ds):  # noqa: ANN001, ANN201 - ExperimentConfig, Dataset -> nn.Module
+    """The saved model at ``path`` built for the run's model spec; ``ModelFileError`` (one line) when it cannot be."""
+    from fedunlearn.models import build_model, load_weights, set_weights
+
+    if not path.is_file():
+        raise ModelFileError(path, "is missing")
+    if path.stat().st_size == 0:
+        raise ModelFileError(path, "is empty (0 bytes)")
+    try:
+        weights = load_weights(path)
+    except Exception as err:  # noqa: BLE001 - torch.load raises OSError, EOFError, KeyError, RuntimeError, ...
+        raise ModelFileError(path, f"cannot be read: truncated or not a PyTorch weights file ({_first_line(err)})") \
+            from None
+    try:
+        return set_weights(build_model(cfg.model, ds.input_shape, ds.num_classes), weights)
+    except Exception as err:  # noqa: BLE001 - missing keys, wrong shapes
+        raise ModelFileError(path, f"does not hold weights of the run's model ({_first_line(err)})") from None
 
 
 def compute_signals(run_dir: Path, name: str) -> ModelSignals:
@@ -63,6 +94,8 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
     """
     model_path = run_dir / "models" / f"{name}.pt"
     cache = run_dir / "signals" / f"{name}.npz"
+    if not model_path.is_file():
+        raise ModelFileError(model_path, "is missing")
     stamp = model_path.stat().st_mtime_ns
     if cache.exists():
         with np.load(cache) as z:
@@ -72,14 +105,14 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
                                     RecordSignals(z["test_prob_true"], z["test_phi"]))
     from fedunlearn.data.cache import experiment_data
     from fedunlearn.io import atomic_save_npz
-    from fedunlearn.models import build_model, load_weights, resolve_device, set_weights
+    from fedunlearn.models import resolve_device
     from fedunlearn.rundir import read_config
     from fedunlearn.training import logits
 
     cfg = read_config(run_dir)
     ds, _ = experiment_data(cfg)
     device = resolve_device(cfg.sim.device)
-    model = set_weights(build_model(cfg.model, ds.input_shape, ds.num_classes), load_weights(model_path))
+    model = load_model(model_path, cfg, ds)
     z_pool = logits(model, ds.x_train, device)
     z_test = logits(model, ds.x_test, device)
     sig = signals_from_logits(z_pool, ds.y_train)

@@ -3,7 +3,6 @@ result tables come from ``fedunlearn.stages.tables``: the same cells the termina
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fedunlearn.io import atomic_write_text
@@ -28,9 +27,35 @@ def _num(v: object, fmt: str = ".3f") -> str:
     return "undefined" if v is None else format(v, fmt)
 
 
+CLASS_NOTE = (" Class withdrawal: the headline verdict is the forgotten classes' accuracy against retrain's (section "
+              "above), not the null band: there members and non-members are all records of the forgotten classes, "
+              "and a model that still classifies them ranks both alike whether it forgot the classes or not, so "
+              "*never seen* is not reported.")
+
+
+def forget_class_section(summary: dict) -> list[str]:
+    """Class withdrawal: the forgotten classes' member accuracy against retrain's, every model (the original too)."""
+    rows = {m: e["forget_class"] for m, e in summary["models"].items() if e.get("forget_class")}
+    if not rows:
+        return []
+    lines = ["", f"## Class withdrawal {summary['withdrawn_classes']}: forgotten-class accuracy against retrain", "",
+             "| model | accuracy (forgotten members) | test accuracy (forgotten classes) | Δ vs retrain | margin "
+             "| verdict |", "|---|---|---|---|---|---|"]
+    for m, f in rows.items():
+        test = summary["models"][m].get("forgotten_class_test_accuracy")
+        lines.append(f"| {m} | {f['accuracy']:.3f} | {_num(test)} | "
+                     f"{'—' if m == 'retrain' else format(f['delta'], '+.3f')} | ±{f['margin']:.3f} | {f['verdict']} |")
+    lines += ["", "The headline verdict of a class withdrawal: a model that forgot the classes stops predicting them, "
+              "as retrain (which never learned them) does. Margin: the larger of 1.96 × the RMS of "
+              "retrain-vs-retrain Δaccuracy (over clients and null seeds) and 1.96 × the Agresti–Caffo standard "
+              "error of the difference; *under-unlearned* = the model still knows the classes."]
+    return lines
+
+
 def audit_sections(summary: dict) -> list[str]:
-    """report.md sections of the leakage audit: forgetting rate, other clients, retrain null, RMIA set-up, A2."""
-    lines: list[str] = []
+    """report.md sections of the leakage audit: class withdrawal, forgetting rate, other clients, retrain null, RMIA
+    set-up, A2."""
+    lines: list[str] = forget_class_section(summary)
     methods = [m for m in summary["models"] if m != "original"]
     frs = {m: summary["models"][m].get("forgetting_rate") for m in methods}
     if any(frs.values()):
@@ -90,22 +115,32 @@ def withdrawal_label(summary: dict) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
+    """``report.md`` and ``plots/`` from the saved results. A missing or corrupt ``summary.json`` or
+    ``per_client.csv`` is one line (``ConfigError``) before anything is drawn; a plot this report does not draw is
+    removed, so ``plots/`` never shows a previous audit's picture."""
+    from fedunlearn.rundir import PER_CLIENT_BASE, check_results_file, check_writable, read_summary
+    from fedunlearn.stages.scoring import load_scores
+
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
+    check_results_file(run_dir, "per_client.csv", PER_CLIENT_BASE)
+    check_writable(run_dir, "run directory")
+    scores = load_scores(run_dir)
     plots = [plot_training_curves(run_dir, summary), plot_accuracy_bars(run_dir, summary),
              plot_utility_vs_leakage(run_dir, summary)]
     for a in summary["attacks"]:
         plots.append(plot_client_auc(run_dir, a, summary))
         plots.append(plot_leakage_vs_cost(run_dir, a, summary))
-    from fedunlearn.stages.scoring import load_scores
-
-    scores = load_scores(run_dir)
     if scores:
         plots += plot_roc_withdrawn(run_dir, scores, summary)
         plots += [plot_roc_grid(run_dir, scores, summary, a) for a in summary["attacks"]]
     plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
     if summary.get("seed_audit"):
         plots.append(plot_epsilon_hist(run_dir))
+    drawn = {p.name for p in plots if p is not None}
+    for stale in (run_dir / "plots").glob("*.png"):
+        if stale.name not in drawn:
+            stale.unlink()
     lines = [f"# fedunlearn report: {summary['name']}", "",
              f"Withdrawn: {withdrawal_label(summary)}; seed {summary['seed']}; "
              f"{summary['n_member']} member vs {summary['n_nonmember']} audit records (held-out, never read by any "
@@ -124,7 +159,8 @@ def write_report(run_dir: Path) -> Path:
               "retrain-vs-retrain null (`audit.retrain_null`). Before/after attacks (difference) flip the direction: "
               "exact unlearning also moves the forgotten records, so a larger difference than retrain's is "
               "over-unlearning. Retrain is exact by definition. *Never seen*: inside / above / below the 0.5 null "
-              "band (membership attacks only) — even retrain can sit above it.",
+              "band (membership attacks only) — even retrain can sit above it."
+              + (CLASS_NOTE if summary.get("withdrawn_classes") else ""),
               "", "## Plots", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots if p is not None]
     lines += ["", "Files: `per_client.csv` (every model × client × attack, with ΔAUC, paired DeLong p-values and "

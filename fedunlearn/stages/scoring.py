@@ -138,16 +138,24 @@ def save_scores(path: Path, scores: Scores) -> None:
 
 
 def load_scores(run_dir: Path) -> Scores:
-    """The attack scores saved by the last audit (empty when there are none)."""
+    """The attack scores saved by the last audit (empty when there are none); one line when they cannot be read."""
+    import zipfile
+
+    from fedunlearn.errors import ConfigError
+
     path = Path(run_dir) / "signals" / "scores.npz"
     out: Scores = {}
     if not path.exists():
         return out
-    with np.load(path) as z:
-        for key in z.files:
-            m, k, a, side = key.rsplit("|", 3)
-            if side == "member":
-                out[(m, int(k), a)] = (z[key], z[f"{m}|{k}|{a}|nonmember"])
+    try:
+        with np.load(path) as z:
+            for key in z.files:
+                m, k, a, side = key.rsplit("|", 3)
+                if side == "member":
+                    out[(m, int(k), a)] = (z[key], z[f"{m}|{k}|{a}|nonmember"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"signals/scores.npz: {path} cannot be read ({type(err).__name__}: {err}); re-create it "
+                          f"with: fedunlearn audit {Path(run_dir)}") from None
     return out
 
 

@@ -3,7 +3,6 @@ costs and speed-ups; the other clients' comparisons; the retrain-vs-retrain null
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,16 +20,31 @@ from fedunlearn.audit.metrics import (
 from fedunlearn.stages.inference import BOTH_REFERENCES, ORACLE, ORIGINAL, RETRAIN_NULL, ModelSignals, Scores
 from fedunlearn.stages.rmia import References
 from fedunlearn.stages.scoring import attack_input, na_to_none, paired_p
-from fedunlearn.stages.verdicts import closer_to, never_seen_verdict, retrain_verdict
+from fedunlearn.stages.verdicts import closer_to, forget_class_verdicts, never_seen_verdict, retrain_verdict
 
 _UNDEFINED_FR = "undefined (B_T = 0): no withdrawn member was judged a member by the original model"
+LEAKAGE_RULE = (
+    "verdict: the withdrawn clients' AUC against retrain's, equivalent when |ΔAUC| <= equivalence_margin = 1.96 x "
+    "RMS of retrain-vs-retrain ΔAUC over every client and null seed (audit.retrain_null, audit.null_seeds); above "
+    "it under-unlearned (still leaks), below it over-unlearned; for the difference attack the direction flips (a "
+    "larger before/after change than retrain's = over-unlearned); 'no margin' without a null; retrain is exact. "
+    "never_seen: inside / above / below the 0.5 null band of docs/leakage.md (membership attacks, client "
+    "withdrawals only)")
+CLASS_RULE = (
+    "class withdrawal: the headline verdict is forget_class_verdicts, the forgotten classes' member accuracy "
+    "against retrain's (models[m].forget_class: equivalent when |Δaccuracy| <= margin = the larger of 1.96 x RMS of "
+    "retrain-vs-retrain Δaccuracy over clients and null seeds and 1.96 x the Agresti-Caffo standard error; above it "
+    "under-unlearned: the model still knows the classes), then the leakage verdict against retrain below; "
+    "never_seen is null: members and non-members are all records of the forgotten classes, and a model that still "
+    "classifies them ranks both alike, forgotten or not.")
 
 
 def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSignals], parts, attacks: list[str],
                   failed: dict[str, str] | None, refs: References | None = None,
-                  margins: dict[str, float] | None = None) -> dict:
+                  margins: dict[str, float] | None = None, nulls: list[str] | None = None) -> dict:
     """Per model: utility, the withdrawn clients' leakage (pooled over withdrawn clients) vs retrain and vs the
-    original, the forgetting rate, costs; plus the RMIA set-up and the per-method verdicts."""
+    original, the forgetting rate, costs; plus the RMIA set-up and the per-method verdicts (for a class withdrawal
+    also the forgotten classes' accuracy against retrain's, its headline verdict)."""
     from fedunlearn.ledgers.costs import CostLedger
 
     withdrawn = sorted(cfg.withdraw.clients)
@@ -44,9 +58,9 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         test_forget = parts.test[np.isin(y_test, cfg.withdraw.classes)]
         test_kept = parts.test[~np.isin(y_test, cfg.withdraw.classes)]
     ledger = CostLedger.load(run_dir / "ledger.csv")
-    prev_failed = json.loads((run_dir / "summary.json").read_text()).get("failed_methods", {}) \
-        if (run_dir / "summary.json").exists() else {}
-    failed = {**prev_failed, **(failed or {})}
+    failed = dict(failed or {})
+    classes = bool(cfg.withdraw.classes)
+    forget = forget_class_verdicts(sigs, names, nulls or [], parts, w_mem) if classes else {}
     retrain_cost = ledger.total(ORACLE)
     gamma = cfg.audit.gamma
     ref_name = BOTH_REFERENCES if refs is not None else None  # withdrawn records are OUT for both references
@@ -71,6 +85,8 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         if test_forget is not None:  # class withdrawal: the usual class-unlearning utility split of the test set
             entry["forgotten_class_test_accuracy"] = float(s.test_correct[test_forget].mean())
             entry["retained_class_test_accuracy"] = float(s.test_correct[test_kept].mean())
+        if m in forget:
+            entry["forget_class"] = forget[m]
         for a in attacks:
             if (m, a) not in wscores:
                 continue
@@ -84,7 +100,8 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
                 if re_auc is not None else "no margin"
             leak = {"auc": value, "auc_lo": lo, "auc_hi": hi, "tpr_at_1pct_fpr": na_to_none(tpr_at_fpr(mem, non, 0.01)),
                     "advantage": advantage(mem, non), "null_band": list(band), "verdict": verdict,
-                    "equivalence_margin": na_to_none(margin), "never_seen": never_seen_verdict(a, value, band)}
+                    "equivalence_margin": na_to_none(margin),
+                    "never_seen": never_seen_verdict(a, value, band, classes)}
             leak["distance_to_retrain"] = value - re_auc if re_auc is not None else None
             leak["tpr_at_0.1pct_fpr"] = na_to_none(tpr_at_fpr(mem, non, 0.001))
             leak["delta_auc_vs_original"] = value - og_auc if og_auc is not None else None
@@ -118,12 +135,10 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
                               "server_storage_bytes": original_cost.server_storage_bytes},
         "models": models, "failed_methods": failed,
     }
-    summary["verdict_rule"] = (
-        "verdict: the withdrawn clients' AUC against retrain's, equivalent when |ΔAUC| <= equivalence_margin = 1.96 x "
-        "RMS of retrain-vs-retrain ΔAUC over every client and null seed (audit.retrain_null, audit.null_seeds); above "
-        "it under-unlearned (still leaks), below it over-unlearned; for the difference attack the direction flips (a "
-        "larger before/after change than retrain's = over-unlearned); 'no margin' without a null; retrain is exact. "
-        "never_seen: inside / above / below the 0.5 null band of docs/leakage.md (membership attacks only)")
+    summary["verdict_rule"] = (CLASS_RULE + " " if classes else "") + LEAKAGE_RULE
+    if classes:
+        summary["forget_class_verdicts"] = {m: e["forget_class"]["verdict"] for m, e in models.items()
+                                            if "forget_class" in e}
     summary["verdicts"] = {m: {a: {"verdict": e["leakage"][a]["verdict"], "never_seen": e["leakage"][a]["never_seen"],
                                    "closer_to": e["leakage"][a]["closer_to"]}
                                for a in attacks if a in e["leakage"]}
@@ -224,6 +239,6 @@ def retrain_null_summary(cfg, null_scores: Scores, scores: Scores, parts, attack
             "raw_p_below_0.05": int(np.sum(p < 0.05)), "mean_abs_delta_auc": float(np.mean(np.abs(d))),
             "max_abs_delta_auc": float(np.max(np.abs(d))),
             "withdrawn_auc": w_auc, "withdrawn_delta_auc_vs_retrain": w_delta,
-            "withdrawn_never_seen": never_seen_verdict(a, w_auc, band),
+            "withdrawn_never_seen": never_seen_verdict(a, w_auc, band, bool(cfg.withdraw.classes)),
             "equivalence_margin": na_to_none(margins.get(a, math.nan))}
     return out

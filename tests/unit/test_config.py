@@ -138,14 +138,17 @@ def test_resolved_config_round_trips_strings_with_newlines_and_control_character
         ('withdraw.round="start"', "withdraw.round: 'start' not allowed; allowed: a round number or \"end\""),
         ("withdraw.round=true", "withdraw.round: True not allowed"),
         ("seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("data.seed=-1", "data.seed: Input should be greater than or equal to 0"),
+        ("data.seed=4294967296", "data.seed: Input should be less than or equal to 4294967295"),
+        ("seed=4294967296", "seed: 4294967296 is also the data seed (data.seed unset); allowed: 0..4294967295"),
         ("train.epochs=3", "train.epochs: unknown key; did you mean train.local_epochs?"),
         ("unlearn.pga.lrr=0.1", "unlearn.pga.lrr: unknown key; did you mean unlearn.pga.lr?"),
         ("unlearn.pga.epochs=true", "unlearn.pga.epochs: Input should be a valid integer"),
     ],
 )
 def test_values_that_must_be_refused_with_one_clear_line(override: str, needle: str) -> None:
-    """Issue 11 (items 7 and 9): unsafe names, bools taken as numbers, absurd sizes, pydantic union internals, and an
-    unknown key without a suggestion."""
+    """Issue 11 (items 7, 8 and 9): unsafe names, bools taken as numbers, absurd sizes, seeds outside sklearn's
+    0..2**32 - 1 (the data seed), pydantic union internals, and an unknown key without a suggestion."""
     cfg = ['unlearn.methods=["retrain","pga"]'] if override.startswith("unlearn.pga") else []
     with pytest.raises(ConfigError) as info:
         load_config(None, cfg + [override])
@@ -180,3 +183,9 @@ def test_cli_version() -> None:
 
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"fedunlearn {__version__}"
+
+
+def test_a_large_training_seed_is_fine_with_its_own_data_seed() -> None:
+    """Only the data seed goes to sklearn: a training seed above 2**32 - 1 is allowed once data.seed is set."""
+    cfg = load_config(None, ["seed=4294967296", "data.seed=3"])
+    assert cfg.seed == 2**32 and cfg.data_seed == 3
