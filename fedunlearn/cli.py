@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedunlearn.errors import ConfigError, FedUnlearnError
+from fedunlearn.rundir import RunDir
 from fedunlearn.terminal import PhaseProgress, make_console, rich_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
@@ -53,7 +54,7 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
     for table in summary_tables(summary, withdrawal_label(summary)):
         console.print(rich_table(table))
         console.print()
-    with (run_dir / "per_client.csv").open() as fh:
+    with RunDir(run_dir).per_client.open() as fh:
         rows = list(csv.DictReader(fh))
     console.print(rich_table(client_auc_table(summary, rows, summary["attacks"][0], MAX_CLIENT_ROWS)))
     console.print(f"results: [bold]{escape(str(run_dir))}[/] (report.md, per_client.csv, plots/)")

@@ -83,7 +83,20 @@ class RunDir:
         return self.state / f"{key}.pt"
 
     def plot(self, name: str) -> Path:
+        """``plots/<name>.png``."""
         return self.plots / f"{name}.png"
+
+    def signal(self, model: str) -> Path:
+        """``signals/<model>.npz``: a model's cached per-record signals."""
+        return self.signals / f"{model}.npz"
+
+    @property
+    def scores(self) -> Path:
+        return self.signals / "scores.npz"
+
+    def seed_run(self, seed: int) -> Path:
+        """``seeds/seed-<s>/``: one A2 replica, a run directory of its own."""
+        return self.seeds / f"seed-{seed}"
 
     def fl_finished(self) -> bool:
         return fl_finished(self.path)

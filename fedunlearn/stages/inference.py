@@ -11,7 +11,7 @@ import numpy as np
 
 from fedunlearn.audit.signals import RecordSignals, signals_from_logits
 from fedunlearn.errors import ConfigError
-from fedunlearn.rundir import ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL
+from fedunlearn.rundir import ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL, RunDir
 
 BOTH_REFERENCES = "reference_ab"  # records OUT of both references: the mean of both (RMIA averages its references)
 #: models saved in ``models/`` that are instruments of the audit, not audited models
@@ -25,7 +25,7 @@ def is_null_model(name: str) -> bool:
 
 def null_model_names(run_dir: Path) -> list[str]:
     """The retrain-vs-retrain null models of a run, in seed order."""
-    names = [p.stem for p in (Path(run_dir) / "models").glob("*.pt") if is_null_model(p.stem)]
+    names = [p.stem for p in RunDir(run_dir).models.glob("*.pt") if is_null_model(p.stem)]
     return sorted(names, key=lambda n: 1 if n == RETRAIN_NULL else int(n.rsplit("_", 1)[1]))
 _SIGNALS_VERSION = 2
 _UNDEFINED_FR = "undefined (B_T = 0): no withdrawn member was judged a member by the original model"
@@ -92,8 +92,8 @@ def compute_signals(run_dir: Path, name: str) -> ModelSignals:
     The cache is keyed by the model file's modification time; any model in ``models/`` (references included) can be
     cached, so re-auditing with other attacks never re-runs inference.
     """
-    model_path = run_dir / "models" / f"{name}.pt"
-    cache = run_dir / "signals" / f"{name}.npz"
+    model_path = RunDir(run_dir).model(name)
+    cache = RunDir(run_dir).signal(name)
     if not model_path.is_file():
         raise ModelFileError(model_path, "is missing")
     stamp = model_path.stat().st_mtime_ns

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedunlearn.errors import ConfigError
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.inference import Scores
 from fedunlearn.stages.scoring import PER_CLIENT_COLUMNS, load_scores
 
@@ -34,13 +35,13 @@ class AuditPlan:
 
 def input_stamps(run_dir: Path) -> dict[str, int]:
     """Modification times (ns) of every file the audit reads: its fingerprint of "the same inputs"."""
-    files = [run_dir / "config.toml", run_dir / "partitions.npz", *sorted((run_dir / "models").glob("*.pt"))]
+    files = [RunDir(run_dir).config, RunDir(run_dir).partitions, *sorted(RunDir(run_dir).models.glob("*.pt"))]
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files if p.is_file()}
 
 
 def previous_summary(run_dir: Path) -> tuple[dict | None, str]:
     """The previous audit's summary, or None with why (no summary yet: an empty reason)."""
-    path = run_dir / "summary.json"
+    path = RunDir(run_dir).summary
     if not path.is_file():
         return None, ""
     try:
@@ -74,10 +75,10 @@ def _why_not_keep(run_dir: Path, prev: dict, stamps: dict[str, int]) -> str:
     if recorded != stamps:
         changed = sorted(k for k in set(recorded) | set(stamps) if recorded.get(k) != stamps.get(k))
         return f"changed since the previous audit: {', '.join(changed)}"
-    header = _read_rows(run_dir / "per_client.csv")[0]
+    header = _read_rows(RunDir(run_dir).per_client)[0]
     if not set(PER_CLIENT_COLUMNS) <= set(header):
         return "the previous per_client.csv is missing or incomplete"
-    if not (run_dir / "signals" / "scores.npz").is_file():
+    if not (RunDir(run_dir).scores).is_file():
         return "the previous signals/scores.npz is missing"
     try:
         load_scores(run_dir)
@@ -102,7 +103,7 @@ def merge_kept(run_dir: Path, plan: AuditPlan, names: list[str], rows: list[dict
     if not plan.kept or plan.previous is None:
         return rows, scores
     kept, prev = set(plan.kept), plan.previous
-    old = [r for r in _read_rows(run_dir / "per_client.csv")[1] if r["attack"] in kept and r["model"] in names]
+    old = [r for r in _read_rows(RunDir(run_dir).per_client)[1] if r["attack"] in kept and r["model"] in names]
     order = {a: i for i, a in enumerate(plan.attacks)}
     rows = sorted(rows + old, key=lambda r: (names.index(r["model"]), int(r["client"]), order[r["attack"]]))
     scores = {**scores, **{k: v for k, v in load_scores(run_dir).items() if k[2] in kept and k[0] in names}}

@@ -10,6 +10,7 @@ without inventing it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from fedunlearn.io import atomic_write_bytes
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.palette import RETRAIN_COLOR, model_color, model_style, phase_model  # noqa: E402
 
 #: at most this many clients per per-client picture (withdrawn first); every client is in per_client.csv
@@ -42,15 +45,15 @@ def to_float(v: str | float | None) -> float:
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    """A PNG written like every other result file: atomically, readable under the umask (``fedunlearn.io``)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+    return json.loads(RunDir(run_dir).summary.read_text())
 
 
 def shown_clients(clients: list[int], withdrawn: list[int]) -> list[int]:
@@ -89,7 +92,7 @@ def plot_training_curves(run_dir: Path, summary: dict | None = None) -> Path:
     methods = [m for m in summary["models"] if m not in ("original", "retrain")]
     training: dict[str, list[dict[str, str]]] = {}
     unlearning: dict[str, list[dict[str, str]]] = {}
-    for r in read_csv_rows(run_dir / "rounds.csv"):
+    for r in read_csv_rows(RunDir(run_dir).rounds):
         model = phase_model(r["phase"])
         if model in methods and not r["phase"].endswith(".continue"):
             unlearning.setdefault(model, []).append(r)
@@ -123,7 +126,7 @@ def plot_training_curves(run_dir: Path, summary: dict | None = None) -> Path:
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    out = run_dir / "plots" / "training_curves.png"
+    out = RunDir(run_dir).plot("training_curves")
     save_figure(fig, out)
     return out
 
@@ -132,7 +135,7 @@ def plot_client_auc(run_dir: Path, attack: str = "loss", summary: dict | None = 
     """Per-client AUC, one bar group per client (original / methods / retrain) with CIs, over the never-seen band
     and, per client, retrain's AUC ± the equivalence margin: a bar inside the green box is equivalent to retrain."""
     summary = summary or _summary(run_dir)
-    rows = [r for r in read_csv_rows(run_dir / "per_client.csv") if r["attack"] == attack]
+    rows = [r for r in read_csv_rows(RunDir(run_dir).per_client) if r["attack"] == attack]
     models = list(summary["models"])
     withdrawn = summary["withdrawn_clients"]
     all_clients = sorted({int(r["client"]) for r in rows})
@@ -165,7 +168,7 @@ def plot_client_auc(run_dir: Path, attack: str = "loss", summary: dict | None = 
     ax.set(xlabel="client", ylabel=f"{attack} attack AUC", ylim=(0, 1),
            title=f"Membership leakage per client, {attack} (members vs that client's audit records){more}")
     _legend_outside(ax)
-    out = run_dir / "plots" / f"client_auc_{attack}.png"
+    out = RunDir(run_dir).plot(f"client_auc_{attack}")
     save_figure(fig, out)
     return out
 
@@ -203,7 +206,7 @@ def plot_leakage_vs_cost(run_dir: Path, attack: str = "loss", summary: dict | No
     ax.set(xlabel="speed-up vs retrain (wall time, log)", ylabel=f"withdrawn AUC − retrain AUC ({attack})",
            title=f"Leakage vs cost, {attack}")
     _legend_outside(ax)
-    out = run_dir / "plots" / f"leakage_vs_cost_{attack}.png"
+    out = RunDir(run_dir).plot(f"leakage_vs_cost_{attack}")
     save_figure(fig, out)
     return out
 
@@ -234,7 +237,7 @@ def plot_utility_vs_leakage(run_dir: Path, summary: dict | None = None) -> Path 
     _legend_outside(axes[0, -1], list(axes[0]))
     fig.suptitle("Utility vs leakage (up = more useful; inside the green band = leaks like retrain)", fontsize=10)
     fig.tight_layout()
-    out = run_dir / "plots" / "utility_vs_leakage.png"
+    out = RunDir(run_dir).plot("utility_vs_leakage")
     save_figure(fig, out)
     return out
 
@@ -255,6 +258,6 @@ def plot_accuracy_bars(run_dir: Path, summary: dict) -> Path:
     ax.set_xticks(range(len(keys)), [label for _, label in keys])
     ax.set(ylim=(0, 1.05), ylabel="accuracy", title="Utility per model")
     _legend_outside(ax)
-    out = run_dir / "plots" / "accuracy.png"
+    out = RunDir(run_dir).plot("accuracy")
     save_figure(fig, out)
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.palette import RETRAIN_COLOR, model_color, model_style
 from fedunlearn.stages.plots import MAX_PLOT_CLIENTS, plt, read_csv_rows, save_figure, shown_clients, to_float
 
@@ -81,7 +82,7 @@ def plot_roc_withdrawn(run_dir: Path, scores: dict, summary: dict) -> list[Path]
                                title=f"client {u} (withdrawn), {a}: {'log-log' if loglog else 'linear'}")
         fig.tight_layout()
         _figure_legend(fig, list(axes.flat))
-        out = run_dir / "plots" / f"roc_client{u}.png"
+        out = RunDir(run_dir).plot(f"roc_client{u}")
         save_figure(fig, out)
         outs.append(out)
     return outs
@@ -118,7 +119,7 @@ def plot_roc_grid(run_dir: Path, scores: dict, summary: dict, attack: str) -> Pa
     fig.suptitle(f"ROC per client, {attack} attack (members vs that client's audit records)")
     fig.tight_layout()
     _figure_legend(fig, [a for a in axes.flat if a.get_visible()])
-    out = run_dir / "plots" / f"roc_grid_{attack}.png"
+    out = RunDir(run_dir).plot(f"roc_grid_{attack}")
     save_figure(fig, out)
     return out
 
@@ -127,7 +128,7 @@ def plot_auc_heatmap(run_dir: Path, summary: dict) -> Path | None:
     """AUC over clients (rows) x models (columns), one panel per attack; withdrawn clients marked with *."""
     import numpy as np
 
-    rows = read_csv_rows(run_dir / "per_client.csv")
+    rows = read_csv_rows(RunDir(run_dir).per_client)
     if not rows:
         return None
     models = list(summary["models"])
@@ -153,7 +154,7 @@ def plot_auc_heatmap(run_dir: Path, summary: dict) -> Path | None:
         ax.set_title(f"{a} AUC", fontsize=10)
     axes[0, 0].set_ylabel("client (* = withdrawn)")
     fig.colorbar(img, ax=axes[0].tolist(), shrink=0.8, label="AUC (0.5 = no leakage)")
-    out = run_dir / "plots" / "auc_heatmap.png"
+    out = RunDir(run_dir).plot("auc_heatmap")
     save_figure(fig, out)
     return out
 
@@ -162,7 +163,7 @@ def plot_epsilon_hist(run_dir: Path) -> Path | None:
     """A2: histogram of the per-example epsilon of the withdrawn members, per model and retrain-vs-retrain."""
     import numpy as np
 
-    rows = read_csv_rows(run_dir / "seed_audit.csv")
+    rows = read_csv_rows(RunDir(run_dir).seed_audit)
     if not rows:
         return None
     groups: dict[str, list[float]] = {}
@@ -179,14 +180,14 @@ def plot_epsilon_hist(run_dir: Path) -> Path | None:
     ax.set(xlabel="per-example ε (two-sided, δ = 1e-5)", ylabel="withdrawn member records",
            title="A2: how distinguishable each model is from retrain, record by record")
     ax.legend(fontsize=7)
-    out = run_dir / "plots" / "epsilon_hist.png"
+    out = RunDir(run_dir).plot("epsilon_hist")
     save_figure(fig, out)
     return out
 
 
 def plot_vulnerable_records(run_dir: Path) -> Path | None:
     """Image datasets: the most vulnerable members of each client (``vulnerable_records.csv``) as a picture grid."""
-    rows = read_csv_rows(run_dir / "vulnerable_records.csv")
+    rows = read_csv_rows(RunDir(run_dir).vulnerable)
     if not rows:
         return None
     from fedunlearn.rundir import read_config
@@ -222,6 +223,6 @@ def plot_vulnerable_records(run_dir: Path) -> Path | None:
         axes[i, 0].set_ylabel(f"client {k}", fontsize=8)
     fig.suptitle(f"Most vulnerable members per client under the original model ({rows[0]['attack']} score)",
                  fontsize=9)
-    out = run_dir / "plots" / "vulnerable_records.png"
+    out = RunDir(run_dir).plot("vulnerable_records")
     save_figure(fig, out)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedunlearn.io import atomic_write_text
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.plots import (
     plot_accuracy_bars,
     plot_client_auc,
@@ -138,7 +139,7 @@ def write_report(run_dir: Path) -> Path:
     if summary.get("seed_audit"):
         plots.append(plot_epsilon_hist(run_dir))
     drawn = {p.name for p in plots if p is not None}
-    for stale in (run_dir / "plots").glob("*.png"):
+    for stale in RunDir(run_dir).plots.glob("*.png"):
         if stale.name not in drawn:
             stale.unlink()
     lines = [f"# fedunlearn report: {summary['name']}", "",
@@ -167,4 +168,4 @@ def write_report(run_dir: Path) -> Path:
               "Benjamini–Hochberg flags vs retrain and vs the original), `vulnerable_records.csv` (most exposed "
               "members per client), `ledger.csv` (costs per method and phase), `rounds.csv` (per-round metrics), "
               "`data_access.csv` (every read of client data).", ""]
-    return atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    return atomic_write_text(RunDir(run_dir).report, "\n".join(lines))

@@ -15,6 +15,7 @@ from fedunlearn.audit.metrics import (
     auc,
 )
 from fedunlearn.audit.signals import RecordSignals
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.inference import BOTH_REFERENCES, REFERENCES, ModelSignals, compute_signals
 
 
@@ -118,8 +119,8 @@ def load_references(run_dir: Path, cfg, parts) -> References:
     """The references of a run (``references.json`` and ``models/reference_{a,b}.pt``), tuned."""
     from fedunlearn.errors import ConfigError
 
-    meta_path = run_dir / "references.json"
-    missing = [p.name for p in [meta_path] + [run_dir / "models" / f"{r}.pt" for r in REFERENCES] if not p.exists()]
+    meta_path = RunDir(run_dir).references
+    missing = [p.name for p in [meta_path] + [RunDir(run_dir).model(r) for r in REFERENCES] if not p.exists()]
     if missing:
         allowed = ", ".join(n for n in ATTACKS.names() if "reference" not in ATTACKS.get(n).needs)
         raise ConfigError(f"audit.attacks: rmia needs reference federations, which this run did not train "

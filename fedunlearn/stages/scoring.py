@@ -24,6 +24,7 @@ from fedunlearn.rundir import (
     ORACLE,
     ORIGINAL,
     PER_CLIENT_COLUMNS,
+    RunDir,
 )
 from fedunlearn.stages.inference import ModelSignals, Scores
 from fedunlearn.stages.rmia import References
@@ -143,7 +144,7 @@ def load_scores(run_dir: Path) -> Scores:
 
     from fedunlearn.errors import ConfigError
 
-    path = Path(run_dir) / "signals" / "scores.npz"
+    path = RunDir(run_dir).scores
     out: Scores = {}
     if not path.exists():
         return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedunlearn.rundir import fl_finished
+from fedunlearn.rundir import RunDir, fl_finished
 from fedunlearn.stages.inference import ORACLE, ModelSignals, compute_signals
 from fedunlearn.stages.scoring import write_rows
 from fedunlearn.stages.summary import forget_sets
@@ -28,7 +28,7 @@ def seed_count(cfg, seeds: int | None) -> int:  # noqa: ANN001 - ExperimentConfi
 
 def seed_run_dir(run_dir: Path, seed: int) -> Path:
     """Where the A2 replica with training seed ``seed`` of ``run_dir`` lives."""
-    return Path(run_dir) / "seeds" / f"seed-{seed}"
+    return RunDir(run_dir).seed_run(seed)
 
 
 def saved_seed_runs(run_dir: Path, seed: int, m: int) -> list[Path]:
@@ -63,14 +63,14 @@ def seed_audit(run_dir: Path, seed_dirs: list[Path], names: list[str], sigs: dic
 
     w_mem = forget_sets(cfg, parts)[0]
     m_seeds = len(seed_dirs)
-    present = [m for m in names if all((d / "models" / f"{m}.pt").exists() for d in seed_dirs)]
+    present = [m for m in names if all((RunDir(d).model(m)).exists() for d in seed_dirs)]
     if ORACLE not in present:
         return {"seeds": m_seeds, "error": "retrain missing in a seed replica"}
     phi = {m: np.stack([compute_signals(d, m).pool.phi[w_mem] for d in seed_dirs]) for m in present}
     ret = phi[ORACLE]
     h = m_seeds // 2
     eps_null = epsilons_per_example(ret[:h], ret[h:2 * h])
-    out: dict = {"seeds": m_seeds, "seed_values": [json.loads((d / "env.json").read_text())["seed"]
+    out: dict = {"seeds": m_seeds, "seed_values": [json.loads(RunDir(d).env.read_text())["seed"]
                                                    for d in seed_dirs],
                  "replicas": [str(d.relative_to(run_dir)) for d in seed_dirs], "records": int(len(w_mem)),
                  "score": "phi (logit-scaled confidence) of each withdrawn member", "delta": 1e-5,
@@ -95,5 +95,5 @@ def seed_audit(run_dir: Path, seed_dirs: list[Path], names: list[str], sigs: dic
                        for r, e, u in zip(w_mem, eps, acc)]
     per_record += [{"model": "retrain_vs_retrain", "record": int(r), "epsilon": float(e), "ulira_accuracy": math.nan}
                    for r, e in zip(w_mem, eps_null)]
-    write_rows(run_dir / "seed_audit.csv", ["model", "record", "epsilon", "ulira_accuracy"], per_record)
+    write_rows(RunDir(run_dir).seed_audit, ["model", "record", "epsilon", "ulira_accuracy"], per_record)
     return out

@@ -17,6 +17,7 @@ from fedunlearn.audit.metrics import (
     null_band,
     tpr_at_fpr,
 )
+from fedunlearn.rundir import RunDir
 from fedunlearn.stages.inference import BOTH_REFERENCES, ORACLE, ORIGINAL, RETRAIN_NULL, ModelSignals, Scores
 from fedunlearn.stages.rmia import References
 from fedunlearn.stages.scoring import attack_input, na_to_none, paired_p
@@ -57,7 +58,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         y_test = experiment_data(cfg)[0].y_test[parts.test]
         test_forget = parts.test[np.isin(y_test, cfg.withdraw.classes)]
         test_kept = parts.test[~np.isin(y_test, cfg.withdraw.classes)]
-    ledger = CostLedger.load(run_dir / "ledger.csv")
+    ledger = CostLedger.load(RunDir(run_dir).ledger)
     failed = dict(failed or {})
     classes = bool(cfg.withdraw.classes)
     forget = forget_class_verdicts(sigs, names, nulls or [], parts, w_mem) if classes else {}
