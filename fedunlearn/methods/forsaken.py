@@ -148,7 +148,6 @@ class ForsakenParams(MethodParams):
     repair_rounds: int = Field(1, ge=0, description="FedAvg rounds over the remaining clients after the edit")
 
 
-
 class Forsaken(UnlearningMethod):
     name = "forsaken"
     paper = ("Ma, Liu, Liu, Liu, Ma, Ren, 'Learn to Forget: Machine Unlearning via Neuron Masking', IEEE TDSC 20(4), "

@@ -70,7 +70,6 @@ def ball_radius(yardstick: float, share: float) -> float:
     return float(np.sqrt(share * yardstick))
 
 
-
 def params_sq_distance(params: list[nn.Parameter], center: list[torch.Tensor]) -> float:
     return float(sum(((p.detach() - c).double() ** 2).sum() for p, c in zip(params, center)))
 
