@@ -99,23 +99,23 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from torch.func import functional_call
 
 from fedunlearn.audit.attacks import a0_threshold
 from fedunlearn.audit.signals import phi_from_logits
 from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
-from fedunlearn.methods.mixed_round import (
-    MethodRounds,
-    leakage_metrics,
-    model_phi,
-    phi,
-    weighted_mean,
+from fedunlearn.methods.forsaken_generator import (
+    build_generator,
+    forget_objective,
+    generator_update,
+    load_generator,
+    membership_target,
+    pack_optimizer,
 )
+from fedunlearn.methods.mixed_round import MethodRounds, leakage_metrics, model_phi, weighted_mean
 from fedunlearn.models import Weights, get_weights
 from fedunlearn.training import seed_for
 
@@ -124,7 +124,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 GEN, GOPT, EDIT = "generator", "generator_adam", "edit"  # weight sets beside the model: G, its Adam state, g
-EPS = 1e-12
 STALL = 2.0 ** -10  # stop once ten net halvings of the step have found no edit that lowers the loss
 
 
@@ -147,61 +146,6 @@ class ForsakenParams(MethodParams):
                                                     "(our choice, calibrated)")
     hidden: int = Field(16, ge=1, description="width of G's two hidden layers (our choice)")
     repair_rounds: int = Field(1, ge=0, description="FedAvg rounds over the remaining clients after the edit")
-
-
-class MaskGenerator(nn.Module):
-    """G: per-coordinate features (gradient, weight, |weight|, RMS-scaled) -> mask in (0, 1)."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(3, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                                 nn.Linear(hidden, 1))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(features)).squeeze(-1)
-
-
-def build_generator(hidden: int, seed: int) -> MaskGenerator:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return MaskGenerator(hidden)
-
-
-def _pack_optimizer(opt: torch.optim.Optimizer) -> Weights:
-    out = Weights()
-    for i, state in opt.state_dict()["state"].items():
-        for name, t in state.items():
-            out[f"{i}.{name}"] = np.atleast_1d(torch.as_tensor(t).detach().cpu().numpy()).copy()
-    return out
-
-
-def _unpack_optimizer(opt: torch.optim.Optimizer, packed: Weights) -> None:
-    if not packed:
-        return
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, arr in packed.items():
-        i, name = key.split(".", 1)
-        t = torch.as_tensor(np.asarray(arr))
-        state.setdefault(int(i), {})[name] = t.reshape(()) if name == "step" else t
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-def membership_target(phi_nonmember: np.ndarray, quantile: float) -> float:
-    """The non-member level t: the ``quantile``-quantile of phi on u's validation part, a plain float (detached)."""
-    non = np.asarray(phi_nonmember, dtype=np.float64)
-    if non.ndim != 1 or non.shape[0] == 0:
-        raise ValueError("membership_target needs a non-empty 1-D array of validation phi")
-    return float(np.quantile(non, quantile))
-
-
-def forget_objective(z: torch.Tensor, y: torch.Tensor, target: float) -> torch.Tensor:
-    """F = mean over forget records of relu(phi(x) - t): per record, a function of each record's phi alone (the
-    label mix of the set does not enter), one-sided (a record at or below the non-member level t is left alone)."""
-    if isinstance(target, torch.Tensor):
-        raise TypeError("the non-member target must be a fixed float, not a tensor (no gradient may reach it)")
-    return torch.relu(phi(z, y) - float(target)).mean()
 
 
 class Forsaken(UnlearningMethod):
@@ -339,10 +283,6 @@ def init_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any
                              "num-examples": float(len(xv)), "samples": float(len(xv) + len(xp))})
 
 
-def _rms(t: torch.Tensor) -> torch.Tensor:
-    return t.pow(2).mean().sqrt()
-
-
 def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """u: propose a masked edit g with G, take one Adam step on G's loss, report F, |g|_1 and the FR of the edit.
 
@@ -361,47 +301,20 @@ def generator_step(rt: ClientRuntime, weights: Weights | None, message: dict[str
     yv_t = torch.as_tensor(yv, dtype=torch.long).to(dev)
 
     model = rt.model(model_w).eval()
-    gen = MaskGenerator(p.hidden).to(dev)
-    gen.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in gen_w.items()})
-    opt = torch.optim.Adam(gen.parameters(), lr=p.lr)
-    _unpack_optimizer(opt, opt_w)
+    gen, opt = load_generator(gen_w, opt_w, p.hidden, p.lr, dev)
+    st = generator_update(model, gen, opt, xv_t, yv_t, target=target, eta=eta, eta_nominal=eta_nominal, lam=lam,
+                          omega=omega)
 
-    names = [n for n, q in model.named_parameters() if q.dtype.is_floating_point]
-    params = {n: q for n, q in model.named_parameters() if n in names}
-    buffers = dict(model.named_buffers())
-    obj_before = forget_objective(model(xv_t), yv_t, target)
-    grads = torch.autograd.grad(obj_before, [params[n] for n in names])
-    grad_scale = _rms(torch.cat([g.flatten() for g in grads])) + EPS
-    feats = []
-    for n, gr in zip(names, grads):
-        w_n = params[n].detach()
-        w_scale = _rms(w_n) + EPS
-        feats.append(torch.stack([(gr / (_rms(gr) + EPS)).flatten(), (w_n / w_scale).flatten(),
-                                  (w_n.abs() / w_scale).flatten()], dim=1))
-    grad_flat = torch.cat([g.flatten() for g in grads]) / grad_scale
-    mask = gen(torch.cat(feats))
-    g_flat = mask * grad_flat
-    pieces = torch.split(g_flat, [params[n].numel() for n in names])
-    edits = {n: piece.reshape(params[n].shape) for n, piece in zip(names, pieces)}
-    edited = {n: params[n].detach() - eta * edits[n] for n in names}
-    z_v = functional_call(model, {**edited, **buffers}, (xv_t,))
-    obj_after = forget_objective(z_v, yv_t, target)
-    l1 = g_flat.abs().mean() * (eta / eta_nominal)  # |g|_1 of the edit actually tried, in units of the nominal step
-    loss = obj_after + lam * omega * l1
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-    phi_after = phi_from_logits(z_v.detach().double().cpu().numpy(), yv)
+    phi_after = phi_from_logits(st.z_edited.detach().double().cpu().numpy(), yv)
     a_f = int((phi_after <= tau).sum())
     fr = (a_f - b_f) / b_t if b_t > 0 else float("nan")
-    reply = {EDIT: Weights((n, e.detach().cpu().numpy().astype(model_w[n].dtype)) for n, e in edits.items()),
-             GEN: get_weights(gen), GOPT: _pack_optimizer(opt)}
+    reply = {EDIT: Weights((n, e.detach().cpu().numpy().astype(model_w[n].dtype)) for n, e in st.edits.items()),
+             GEN: get_weights(gen), GOPT: pack_optimizer(opt)}
     # samples: two passes over D_u (F and its gradient at w; F at the edited model and G's backward through it)
     return StepOutput(None, records=reply, metrics={
-                              "obj_before": float(obj_before.detach()), "obj_after": float(obj_after.detach()),
-                              "l1": float(l1.detach()), "loss_g": float(loss.detach()), "fr": fr, "a_f": float(a_f),
-                              "mask_mean": float(mask.detach().mean()),
+                              "obj_before": float(st.obj_before.detach()), "obj_after": float(st.obj_after.detach()),
+                              "l1": float(st.l1.detach()), "loss_g": float(st.loss.detach()), "fr": fr,
+                              "a_f": float(a_f), "mask_mean": float(st.mask.detach().mean()),
                               "num-examples": float(len(xv)), "samples": float(2 * len(xv))})
 
 

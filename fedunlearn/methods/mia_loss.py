@@ -72,7 +72,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
 from fedunlearn.audit.metrics import auc
 from fedunlearn.audit.signals import phi_from_logits
@@ -80,6 +79,14 @@ from fedunlearn.fl.fedavg import check_failure_share, weighted_average
 from fedunlearn.fl.protocol import ClientReply, StepOutput
 from fedunlearn.fl.recipe import local_sgd
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
+from fedunlearn.methods.mia_loss_terms import (
+    attack_net,
+    fit_attack,
+    gaussian_leak,
+    mean_softmax_kl,
+    mixed_weights,
+    sorted_probs,
+)
 from fedunlearn.methods.mixed_round import (
     MethodRounds,
     leakage_metrics,
@@ -119,16 +126,6 @@ class MiaLossParams(MethodParams):
     attack_hidden: int = Field(32, ge=1, description="attack MLP width (leak = attack; our choice)")
     attack_epochs: int = Field(200, ge=1, description="full-batch Adam steps of the attack MLP (our choice)")
     attack_lr: float = Field(1e-2, gt=0, description="attack MLP learning rate (our choice)")
-
-
-def mixed_weights(n_forget: Sequence[int], n_remaining: Sequence[int], lam: float) -> tuple[list[float], list[float]]:
-    """Aggregate weights of a mixed round: the withdrawing clients share lam/(1+lam), the remaining 1/(1+lam), each
-    group by example count, so the averaged update follows grad[CE(D_r) + lam * F(D_u)] (module docstring). A group
-    that sent nothing leaves the whole weight to the other."""
-    nf, nr = sum(max(n, 1) for n in n_forget), sum(max(n, 1) for n in n_remaining)
-    share_f = (lam / (1.0 + lam) if nr else 1.0) if nf else 0.0
-    return ([share_f * max(n, 1) / nf for n in n_forget],
-            [(1.0 - share_f) * max(n, 1) / nr for n in n_remaining])
 
 
 class MiaLoss(UnlearningMethod):
@@ -234,31 +231,6 @@ class MiaLoss(UnlearningMethod):
 # --------------------------------------------------------------------------------------------- client side
 
 
-def _attack_net(num_classes: int, hidden: int, seed: int) -> nn.Module:
-    """The attack MLP on sorted softmax vectors (seeded init, so every node builds the same one)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(num_classes, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-
-def _sorted_probs(z: torch.Tensor) -> torch.Tensor:
-    return torch.sort(torch.softmax(z, dim=1), dim=1, descending=True).values
-
-
-def gaussian_leak(phi_values: torch.Tensor, mu_in: float, sd_in: float, mu_out: float, sd_out: float) -> torch.Tensor:
-    """Mean softplus of the Gaussian log-likelihood ratio member/non-member of phi (= -log P(out | phi))."""
-    llr = (np.log(sd_out / sd_in) - (phi_values - mu_in) ** 2 / (2 * sd_in ** 2)
-           + (phi_values - mu_out) ** 2 / (2 * sd_out ** 2))
-    return nn.functional.softplus(llr).mean()
-
-
-def mean_softmax_kl(z_forget: torch.Tensor, z_heldout: torch.Tensor) -> torch.Tensor:
-    """KL(pbar(D_u) || pbar(V_u)) of the batch-mean softmax outputs; the validation side is a fixed target."""
-    p = torch.softmax(z_forget, dim=1).mean(0).clamp_min(1e-12)
-    q = torch.softmax(z_heldout.detach(), dim=1).mean(0).clamp_min(1e-12)
-    return (p * (p.log() - q.log())).sum()
-
-
 def fit_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """u, once: Gaussian fit of phi on members / validation under w_T (scalars), and the attack MLP if asked for."""
     xm, ym = rt.read("member")
@@ -273,20 +245,10 @@ def fit_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]
     if p.leak != "attack":
         return StepOutput(None, metrics)
     epochs = p.attack_epochs
-    net = _attack_net(rt.num_classes, p.attack_hidden, rt.seed("attack")).to(rt.device)
-    feats = _sorted_probs(torch.as_tensor(np.concatenate([zm, zh]), dtype=torch.float32)).to(rt.device)
-    target = torch.cat([torch.ones(len(zm)), torch.zeros(len(zh))]).to(rt.device)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(len(zh) / max(len(zm), 1), device=rt.device))
-    opt = torch.optim.Adam(net.parameters(), lr=p.attack_lr)
-    for _ in range(epochs):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(feats).squeeze(1), target)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        score = net(feats).squeeze(1).cpu().numpy()
-    metrics.update(attack_auc=auc(score[: len(zm)], score[len(zm):]), attack_loss=float(loss.detach()))
-    metrics["samples"] += float(epochs * len(feats))
+    net, score, loss = fit_attack(zm, zh, num_classes=rt.num_classes, hidden=p.attack_hidden, epochs=epochs,
+                                  lr=p.attack_lr, seed=rt.seed("attack"), device=rt.device)
+    metrics.update(attack_auc=auc(score[: len(zm)], score[len(zm):]), attack_loss=loss)
+    metrics["samples"] += float(epochs * (len(zm) + len(zh)))
     return StepOutput(None, metrics, records={ATTACK: get_weights(net)})
 
 
@@ -305,12 +267,12 @@ def forget_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     if lam <= 0:
         raise ValueError("mia_loss_forget: lambda_leak + lambda_kl must be positive (the server skips u otherwise)")
     if p.leak == "attack":
-        net = _attack_net(rt.num_classes, p.attack_hidden, 0).to(dev)
+        net = attack_net(rt.num_classes, p.attack_hidden, 0).to(dev)
         net.load_state_dict({k: torch.as_tensor(v) for k, v in rt.record(ATTACK).items()})
         net.requires_grad_(False)
 
         def leak_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(net(_sorted_probs(z)).squeeze(1)).mean()
+            return torch.sigmoid(net(sorted_probs(z)).squeeze(1)).mean()
     else:
         fit = [rt.value(k, float) for k in ("mu_in", "sd_in", "mu_out", "sd_out")]
 

@@ -82,7 +82,16 @@ from fedunlearn.errors import FedUnlearnError, PhaseFailed
 from fedunlearn.fl.fedavg import sample_clients
 from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
-from fedunlearn.models import Weights, build_model, get_weights, is_float_param
+from fedunlearn.methods.pga_ball import (
+    ball_radius,
+    distance,
+    mean_sq_distance,
+    params_sq_distance,
+    project_params,
+    reference_model,
+    sq_distance,
+)
+from fedunlearn.models import Weights, build_model, get_weights
 from fedunlearn.training import batches, evaluate, seed_for
 
 if TYPE_CHECKING:
@@ -122,83 +131,7 @@ class PGAParams(MethodParams):
                                                         "train.local_epochs")
 
 
-# ----------------------------------------------------------------------------------------- pure server maths
-
-
-def _float_keys(weights: Weights) -> list[str]:
-    return [k for k, v in weights.items() if is_float_param(k, np.asarray(v))]
-
-
-def sq_distance(a: Weights, b: Weights) -> float:
-    """Squared L2 distance over the float parameters as one vector (the notebook's ``Utils.get_distance``)."""
-    return float(sum(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)
-                     for k in _float_keys(a)))
-
-
-def distance(a: Weights, b: Weights) -> float:
-    """L2 distance between two models over their float parameters, as one vector."""
-    return float(np.sqrt(sq_distance(a, b)))
-
-
-def reference_model(global_weights: Weights, withdrawn_locals: list[Weights], k: int) -> Weights:
-    """w_ref = (K·w_T − Σ_u w_u)/(K − |U|): the mean of the other clients' models when w_T is the mean of all K."""
-    m = len(withdrawn_locals)
-    if k - m < 1:
-        raise FedUnlearnError(f"pga: {k} client(s) in the last round, cannot remove {m}")
-    out = Weights()
-    for key, w in global_weights.items():
-        if not is_float_param(key, np.asarray(w)):
-            out[key] = np.array(w, copy=True)
-            continue
-        acc = k * np.asarray(w, np.float64) - sum(np.asarray(u[key], np.float64) for u in withdrawn_locals)
-        out[key] = (acc / (k - m)).astype(w.dtype)
-    return out
-
-
-def project_to_ball(weights: Weights, center: Weights, radius: float) -> Weights:
-    """Euclidean projection of ``weights`` onto the L2 ball of ``radius`` around ``center`` (float parameters)."""
-    d = distance(weights, center)
-    if d <= radius:
-        return Weights((k, np.array(v, copy=True)) for k, v in weights.items())
-    scale = radius / d
-    out = Weights()
-    for key, w in weights.items():
-        if key in center and is_float_param(key, np.asarray(w)):
-            c = np.asarray(center[key], np.float64)
-            out[key] = (c + (np.asarray(w, np.float64) - c) * scale).astype(w.dtype)
-        else:
-            out[key] = np.array(w, copy=True)
-    return out
-
-
-def mean_sq_distance(reference: Weights, inits: list[Weights]) -> float:
-    """Mean squared distance from w_ref to random initialisations: the yardstick of the radius and the stop."""
-    return float(np.mean([sq_distance(reference, w0) for w0 in inits]))
-
-
-def ball_radius(yardstick: float, share: float) -> float:
-    """δ = sqrt(share · yardstick), the yardstick being ``mean_sq_distance`` to random inits: the notebook's
-    threshold ``mean(d²)/3`` is a bound on the squared distance and its projection rescales to
-    ``sqrt(threshold)``."""
-    return float(np.sqrt(share * yardstick))
-
-
 # ----------------------------------------------------------------------------------------- client step
-
-
-def _sq_dist(params: list[nn.Parameter], center: list[torch.Tensor]) -> float:
-    return float(sum(((p.detach() - c).double() ** 2).sum() for p, c in zip(params, center)))
-
-
-@torch.no_grad()
-def _project_params(params: list[nn.Parameter], center: list[torch.Tensor], radius: float) -> float:
-    """In-place projection of the model's parameters onto the ball; returns the distance before projecting."""
-    d = float(np.sqrt(_sq_dist(params, center)))
-    if d > radius:
-        scale = radius / d
-        for p, c in zip(params, center):
-            p.copy_(c + (p - c) * scale)
-    return d
 
 
 def ascent_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
@@ -227,7 +160,7 @@ def ascent_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
     gen = torch.Generator().manual_seed(rt.seed(STEP))
     acc = evaluate(model, x, y, rt.device)[1]
     start_acc, steps, samples = acc, 0, 0
-    d_own = start_own = _sq_dist(params, own) if own else float("nan")
+    d_own = start_own = params_sq_distance(params, own) if own else float("nan")
     stopped = 2.0 if acc < threshold else 0.0  # stop_reason: 1 the distance stop, 2 the accuracy stop
     for _ in range(epochs):
         if stopped:
@@ -239,11 +172,11 @@ def ascent_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
             loss.backward()
             nn.utils.clip_grad_norm_(params, clip)
             opt.step()
-            _project_params(params, center, radius)
+            project_params(params, center, radius)
             steps += 1
             samples += len(idx)
             if own:
-                d_own = _sq_dist(params, own)
+                d_own = params_sq_distance(params, own)
                 if stop_distance > 0 and d_own > stop_distance:
                     stopped = 1.0
                     break
@@ -253,7 +186,7 @@ def ascent_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, A
                     stopped = 2.0
                     break
     acc = evaluate(model, x, y, rt.device)[1]
-    moved = float(np.sqrt(_sq_dist(params, center)))
+    moved = float(np.sqrt(params_sq_distance(params, center)))
     log.info("pga: client %d ascended %d steps, accuracy on D_u %.3f -> %.3f, distance %.4g of radius %.4g, "
              "squared distance to its last local model %.4g -> %.4g (stop at %.4g)",
              rt.pid, steps, start_acc, acc, moved, radius, start_own, d_own, stop_distance)

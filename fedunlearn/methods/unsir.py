@@ -114,19 +114,26 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import nn
 
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import ConfigError, PhaseFailed
 from fedunlearn.fl.protocol import StepOutput
-from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob
+from fedunlearn.methods.base import UnlearningMethod, UnlearnJob
+from fedunlearn.methods.unsir_noise import (
+    class_noise,
+    impair_train,
+    noise_count,
+    paired_impair_train,
+    retained_subset,
+    sample_noise,
+)
+from fedunlearn.methods.unsir_params import UNSIRParams
 from fedunlearn.models import Weights, build_model, get_weights, resolve_device, set_weights
-from fedunlearn.training import TrainResult, batches, seed_for, train_epochs
+from fedunlearn.training import batches, seed_for, train_epochs
 
 if TYPE_CHECKING:
     from fedunlearn.engine.client import ClientRuntime
@@ -135,237 +142,6 @@ log = logging.getLogger(__name__)
 NOISE_STEP, IMPAIR_STEP, REPAIR_STEP = "unsir_noise", "unsir_impair", "unsir_repair"
 NOISE = "noise"                 # the weight set carrying the noise beside the model: arrays NOISE_X (and NOISE_Y)
 NOISE_X, NOISE_Y = "x", "y"
-LOW_LR = 1e-4
-NOTEBOOK_NOISE_RATIO = 20 * 256 * 2 / 8000  # the official notebook: 10,240 noise records against 8,000 retained
-
-
-class UNSIRParams(MethodParams):
-    profile: Literal["default", "low_lr"] = Field("default", description="low_lr: 1e-4 for impair and repair")
-    noise_samples: int = Field(256, ge=1, description="class mode: inputs per noise batch")
-    noise_steps: int = Field(40, ge=1, description="class mode: Adam steps fitting each noise batch")
-    noise_lr: float = Field(0.1, gt=0, description="class mode: Adam lr of the noise")
-    noise_reg: float = Field(0.1, ge=0, description="class mode: weight of mean ‖N_i‖²")
-    noise_copies: int = Field(20, ge=0, description="class mode: copies of each noise batch (noise_volume = "
-                                                     "'absolute'); 0 = ablation (impair on retained data only)")
-    noise_volume: Literal["ratio", "absolute"] = Field(
-        "ratio", description="class mode: 'ratio' = noise_ratio noise records per retained record of each client "
-                             "(our choice); 'absolute' = noise_copies x noise_samples per class (notebook)")
-    noise_ratio: float = Field(NOTEBOOK_NOISE_RATIO, gt=0, description="class mode: noise records per retained "
-                                                                       "record (default the notebook's 10,240/8,000)")
-    sample_noise_steps: int = Field(5, ge=1, description="client mode: Adam steps per forget batch")
-    sample_noise_lr: float = Field(0.01, gt=0, description="client mode: Adam lr of the noise")
-    sample_noise_copies: int = Field(1, ge=0, description="client mode: noise inputs paired with each retained "
-                                                           "record (reference 1); 0 = ablation (retained only)")
-    sample_impair_lr: float = Field(0.3, ge=0, description="client mode: plain-SGD lr of the impair (calibrated on "
-                                                          "the quickstart, 3x its train.lr); 0 = the recipe's step "
-                                                          "train.lr / (1 - train.momentum)")
-    sample_repair_lr: float = Field(0.0, ge=0, description="client mode: plain-SGD lr of the repair; 0 = the "
-                                                           "recipe's step train.lr / (1 - train.momentum) (our "
-                                                           "reading)")
-    sample_impair_epochs: int = Field(2, ge=1, description="client mode: impair epochs per round (UNSIR-1: 2)")
-    sample_repair_epochs: int = Field(1, ge=1, description="client mode: repair epochs per round (UNSIR-1: 1)")
-    per_class: int = Field(1000, ge=1, description="retained samples per class each client uses")
-    impair_lr: float = Field(0.02, gt=0, description="class mode: Adam lr of the impair (notebook)")
-    repair_lr: float = Field(0.01, gt=0, description="class mode: Adam lr of the repair (notebook)")
-    batch_size: int | None = Field(None, ge=1, description="impair/repair batch and client mode's forget batches; "
-                                                           "None = the training recipe's batch size")
-    impair_epochs: int = Field(1, ge=1, description="class mode: impair epochs per round (notebook: 1)")
-    repair_epochs: int = Field(3, ge=1, description="class mode: repair epochs per round (notebook: 1; ours keeps "
-                                                    "retained accuracy within 2 points on digits)")
-    impair_rounds: int = Field(1, ge=1, description="impair FedAvg rounds; client mode: u refits the noise before "
-                                                    "each (our choice)")
-    repair_rounds: int = Field(3, ge=0, description="repair FedAvg rounds (notebook: one pass; our choice)")
-
-    @property
-    def lrs(self) -> tuple[float, float]:
-        """Class mode's (impair lr, repair lr) after the profile."""
-        return (LOW_LR, LOW_LR) if self.profile == "low_lr" else (self.impair_lr, self.repair_lr)
-
-    def sample_lrs(self, train_lr: float, momentum: float = 0.0) -> tuple[float, float]:
-        """Client mode's (impair lr, repair lr) after the profile; an unset one is the training recipe's effective
-        step lr / (1 - momentum) (UNSIR-1: plain SGD 0.001 = its recipe's final 1e-4 with momentum 0.9)."""
-        if self.profile == "low_lr":
-            return LOW_LR, LOW_LR
-        step = train_lr / (1.0 - momentum)
-        return (self.sample_impair_lr or step, self.sample_repair_lr or step)
-
-    def recipe(self, train: Any, class_mode: bool) -> Recipe:
-        """The impair / repair recipe of one mode, from these params and the training recipe ``train``: the server
-        and the clients derive it alike, so no hyperparameter travels in the messages."""
-        batch = self.batch_size or train.batch_size
-        if class_mode:
-            impair_lr, repair_lr = self.lrs
-            ratio = self.noise_ratio if self.noise_volume == "ratio" else 0.0  # 0 = absolute volume
-            return Recipe(self.noise_copies, ratio, impair_lr, repair_lr, self.impair_epochs, self.repair_epochs,
-                          batch)
-        impair_lr, repair_lr = self.sample_lrs(train.lr, train.momentum)
-        return Recipe(self.sample_noise_copies, 0.0, impair_lr, repair_lr, self.sample_impair_epochs,
-                      self.sample_repair_epochs, batch)
-
-
-class Recipe(NamedTuple):
-    """One mode's impair and repair settings (class mode: Adam repair and class-labelled noise; client mode: plain
-    SGD and noise labelled with the paired retained records' labels)."""
-
-    copies: int
-    ratio: float
-    impair_lr: float
-    repair_lr: float
-    impair_epochs: int
-    repair_epochs: int
-    batch_size: int
-
-
-# ----------------------------------------------------------------------------------------- pure numerics
-
-
-def _frozen_eval(model: nn.Module) -> list[bool]:
-    model.eval()
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return flags
-
-
-def _unfreeze(model: nn.Module, flags: list[bool]) -> None:
-    for p, f in zip(model.parameters(), flags):
-        p.requires_grad_(f)
-
-
-def class_noise(model: nn.Module, cls: int, n: int, input_shape: tuple[int, ...], *, steps: int, lr: float,
-                reg: float, seed: int, device: torch.device) -> np.ndarray:
-    """UNSIR's error-maximizing noise for class ``cls``: argmin_N −CE(f(N), cls) + reg·mean‖N_i‖² (model frozen)."""
-    flags = _frozen_eval(model)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, *input_shape), generator=gen).to(device).requires_grad_(True)
-        labels = torch.full((n,), cls, dtype=torch.long, device=device)
-        opt = torch.optim.Adam([noise], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = -nn.functional.cross_entropy(model(noise), labels) + reg * noise.pow(2).flatten(1).sum(1).mean()
-            loss.backward()
-            opt.step()
-        return noise.detach().cpu().numpy().astype(np.float32)
-    finally:
-        _unfreeze(model, flags)
-
-
-def sample_noise(model: nn.Module, x: torch.Tensor, *, steps: int, lr: float, low: float, high: float,
-                 generator: torch.Generator) -> tuple[torch.Tensor, float, float]:
-    """Sample-level UNSIR: noise maximizing MSE(f(noise), f(x)) for one forget batch, clamped to [low, high].
-
-    Returns the noise and the MSE before and after fitting (the property the method relies on)."""
-    flags = _frozen_eval(model)
-    try:
-        with torch.no_grad():
-            target = model(x)
-        noise = torch.randn(x.shape, generator=generator).to(x.device).clamp_(low, high).requires_grad_(True)
-        opt = torch.optim.Adam([noise], lr=lr)
-        with torch.no_grad():
-            before = float(nn.functional.mse_loss(model(noise), target))
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = -nn.functional.mse_loss(model(noise), target)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                noise.clamp_(low, high)
-        with torch.no_grad():
-            after = float(nn.functional.mse_loss(model(noise), target))
-        return noise.detach(), before, after
-    finally:
-        _unfreeze(model, flags)
-
-
-def retained_subset(x: np.ndarray, y: np.ndarray, exclude: set[int], per_class: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``per_class`` records of each class not in ``exclude`` (seeded choice, original order kept)."""
-    rng = np.random.default_rng(seed)
-    keep: list[np.ndarray] = []
-    for c in np.unique(y):
-        if int(c) in exclude:
-            continue
-        idx = np.flatnonzero(y == c)
-        if len(idx) > per_class:
-            idx = np.sort(rng.choice(idx, size=per_class, replace=False))
-        keep.append(idx)
-    sel = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
-    return x[sel], y[sel]
-
-
-def noise_count(n_retained: int, *, ratio: float | None, copies: int, noise_total: int) -> int:
-    """Class mode: how many noise records a client with ``n_retained`` retained records mixes in.
-
-    ``copies = 0`` is the ablation (none); with ``ratio`` the volume follows the client's data (the notebook's
-    1.28 noise records per retained record by default); ``ratio = None`` is the notebook's absolute volume,
-    ``copies`` x every noise batch (``noise_total`` records)."""
-    if copies == 0 or noise_total == 0:
-        return 0
-    return copies * noise_total if ratio is None else int(round(ratio * n_retained))
-
-
-def take_noise(noise_x: np.ndarray, noise_y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` records of the noise batches with classes interleaved, cycling through them (copies)."""
-    if n == 0 or len(noise_x) == 0:
-        return noise_x[:0], noise_y[:0]
-    classes = np.unique(noise_y)
-    per = [np.flatnonzero(noise_y == c) for c in classes]
-    width = max(len(p) for p in per)
-    order = np.array([p[i % len(p)] for i in range(width) for p in per])  # c0[0], c1[0], ..., c0[1], c1[1], ...
-    idx = order[np.arange(n) % len(order)]
-    return noise_x[idx], noise_y[idx]
-
-
-def impair_train(model: nn.Module, x: np.ndarray, y: np.ndarray, noise_x: np.ndarray, noise_y: np.ndarray, *,
-                 n_noise: int, lr: float, batch_size: int, epochs: int, seed: int,
-                 device: torch.device) -> tuple[TrainResult, int]:
-    """Class-level impair: Adam on ``n_noise`` noise records (with their class labels) mixed with retained records.
-
-    A function of arrays, so the central impair (pooled data) and the federated one run the same code. Returns the
-    training result and the number of optimizer steps."""
-    nx, ny = take_noise(noise_x, noise_y, n_noise)
-    xs = np.concatenate([nx.astype(np.float32), x.astype(np.float32)])
-    ys = np.concatenate([ny.astype(np.int64), y.astype(np.int64)])
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    res = train_epochs(model, xs, ys, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=seed, device=device)
-    return res, epochs * math.ceil(len(xs) / batch_size)
-
-
-def paired_noise(noise_x: np.ndarray, y_batch: np.ndarray, copies: int, order: np.ndarray,
-                 start: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """UNSIR-1's pairing: the next ``copies`` x |batch| noise inputs in ``order`` (cyclic), each labelled with the
-    label of the retained record it is paired with (copy k of record j carries y_batch[j]). Returns the inputs,
-    their labels and the next position in the cycle."""
-    n = copies * len(y_batch)
-    idx = order[(start + np.arange(n)) % len(order)]
-    return noise_x[idx], np.tile(y_batch, copies), start + n
-
-
-def paired_impair_train(model: nn.Module, x: np.ndarray, y: np.ndarray, noise_x: np.ndarray, *, copies: int,
-                        lr: float, batch_size: int, epochs: int, seed: int, noise_seed: int,
-                        device: torch.device) -> tuple[TrainResult, int]:
-    """Client-level impair (UNSIR-1): plain SGD over the retained batches, each with its paired noise.
-
-    Loss per step: (Σ CE(f(noise), paired retained labels) + Σ CE(f(x_r), y_r)) / |batch| — the reference's
-    CE(noise, y_r) + CE(x_r, y_r) for one copy. The retained batches are drawn exactly as ``train_epochs`` draws
-    them, so ``copies = 0`` is ``train_epochs`` with plain SGD on the retained records (the ablation).
-    Returns the result (loss, accuracy on the retained records) and the number of optimizer steps."""
-    use_noise = copies > 0 and len(noise_x) > 0
-    order = np.random.default_rng(noise_seed).permutation(len(noise_x)) if use_noise else np.zeros(0, np.int64)
-    pos = 0
-
-    def noise_term(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        nonlocal pos
-        nx, ny, pos = paired_noise(noise_x, y[idx.numpy()], copies, order, pos)
-        xn = torch.as_tensor(nx, dtype=torch.float32, device=device)
-        yn = torch.as_tensor(ny, dtype=torch.long, device=device)
-        return nn.functional.cross_entropy(model(xn), yn, reduction="sum") / len(idx), len(nx)
-
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    res = train_epochs(model, x, y, epochs=epochs, batch_size=batch_size, optimizer=opt, seed=seed, device=device,
-                       extra_loss=noise_term if use_noise else None)
-    return res, epochs * math.ceil(len(x) / batch_size)
 
 
 def _classes(setting: str) -> set[int]:

@@ -15,14 +15,8 @@ from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
-from fedunlearn.methods.forsaken import (
-    Forsaken,
-    ForsakenParams,
-    MaskGenerator,
-    _pack_optimizer,
-    _unpack_optimizer,
-    build_generator,
-)
+from fedunlearn.methods.forsaken import Forsaken, ForsakenParams
+from fedunlearn.methods.forsaken_generator import MaskGenerator, build_generator, pack_optimizer, unpack_optimizer
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate, logits
 from tests.conftest import TINY, make_tiny_federation
@@ -97,10 +91,10 @@ def test_generator_state_survives_the_round_trip():
         g = MaskGenerator(8)
         g.load_state_dict({k: torch.as_tensor(v) for k, v in packed_g.items()})
         o = torch.optim.Adam(g.parameters(), lr=1e-2)
-        _unpack_optimizer(o, packed_o)
+        unpack_optimizer(o, packed_o)
         steps(1, g, o)
         packed_g = {k: v.detach().numpy().copy() for k, v in g.state_dict().items()}
-        packed_o = _pack_optimizer(o)
+        packed_o = pack_optimizer(o)
     for k, v in g1.state_dict().items():
         assert np.allclose(v.detach().numpy(), packed_g[k], atol=1e-7), k
 
@@ -108,7 +102,7 @@ def test_generator_state_survives_the_round_trip():
 def test_objective_is_per_record_and_ignores_the_label_mix():
     """Two forget sets with the same per-record confidences, one all of class 0, one of every class: the set-mean KL
     of the first implementation tells them apart (it measures the label mix), the per-record hinge does not."""
-    from fedunlearn.methods.forsaken import forget_objective
+    from fedunlearn.methods.forsaken_generator import forget_objective
 
     margins = torch.tensor([4.0, 2.5, 1.0, -0.5, 3.0, 0.2], dtype=torch.float64)
     y_one = torch.zeros(6, dtype=torch.long)

@@ -18,7 +18,8 @@ from fedunlearn.data.cache import experiment_data
 from fedunlearn.engine.client import ClientRuntime
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
-from fedunlearn.methods.mia_loss import MiaLoss, MiaLossParams, ce_step, gaussian_leak, mean_softmax_kl, mixed_weights
+from fedunlearn.methods.mia_loss import MiaLoss, MiaLossParams, ce_step
+from fedunlearn.methods.mia_loss_terms import gaussian_leak, mean_softmax_kl, mixed_weights
 from fedunlearn.models import Weights, build_model, set_weights
 from fedunlearn.training import evaluate, logits
 from tests.conftest import TINY, make_tiny_federation

@@ -12,11 +12,8 @@ from fedunlearn.data.cache import experiment_data
 from fedunlearn.errors import FedUnlearnError
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
-from fedunlearn.methods.pga import (
-    NOTEBOOK_STOP_SHARE,
-    PGA,
-    WU,
-    PGAParams,
+from fedunlearn.methods.pga import NOTEBOOK_STOP_SHARE, PGA, WU, PGAParams
+from fedunlearn.methods.pga_ball import (
     ball_radius,
     distance,
     mean_sq_distance,

@@ -1,5 +1,6 @@
 """UNSIR: the noise maximizes what it should, impair + repair forgets, federated vs central impair, the ledger;
-client mode labels the noise with the paired retained records, budgets scale with the data, the noise-free ablation.
+budgets scale with the data, the noise-free ablation (the numerics alone, among them client mode's labelling of the
+noise with the paired retained records: test_methods_unsir_noise.py).
 
 Names added by the issue-8 fix are imported inside the tests, so that the old module fails test by test."""
 
@@ -14,18 +15,9 @@ from fedunlearn.config.load import load_config, to_toml
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import build_method
-from fedunlearn.methods.unsir import (
-    IMPAIR_STEP,
-    NOISE,
-    NOISE_X,
-    NOISE_Y,
-    REPAIR_STEP,
-    UNSIR,
-    UNSIRParams,
-    class_noise,
-    retained_subset,
-    sample_noise,
-)
+from fedunlearn.methods.unsir import IMPAIR_STEP, NOISE, NOISE_X, NOISE_Y, REPAIR_STEP, UNSIR
+from fedunlearn.methods.unsir_noise import class_noise, retained_subset, sample_noise
+from fedunlearn.methods.unsir_params import UNSIRParams
 from fedunlearn.models import Weights, build_model, get_weights, set_weights
 from fedunlearn.training import evaluate, seed_for, train_epochs
 from tests.conftest import TINY, make_tiny_federation
@@ -99,15 +91,6 @@ def test_sample_noise_raises_the_logit_mse(trained):
     assert noise.shape == x.shape and float(noise.min()) >= float(x.min()) and float(noise.max()) <= float(x.max())
 
 
-def test_retained_subset_excludes_classes_and_caps_each():
-    y = np.array([0] * 10 + [1] * 5 + [2] * 3)
-    x = np.arange(len(y), dtype=np.float32)[:, None]
-    xs, ys = retained_subset(x, y, exclude={1}, per_class=4, seed=0)
-    assert sorted(np.unique(ys)) == [0, 2] and (ys == 0).sum() == 4 and (ys == 2).sum() == 3
-    xs2, _ = retained_subset(x, y, exclude={1}, per_class=4, seed=0)
-    np.testing.assert_array_equal(xs, xs2)
-
-
 def test_class_level_unsir_forgets_the_class(short):
     tf, w_t = short
     _withdraw_class(tf, 0)  # class mode needs no forget data: it runs after the window closed
@@ -126,7 +109,7 @@ def test_class_level_unsir_forgets_the_class(short):
 def test_federated_impair_is_weaker_than_central(short):
     """FedAvg weakens a high-lr impair compared with one central pass (docs/methods.md; finding in unsir's
     docstring)."""
-    from fedunlearn.methods.unsir import impair_train, noise_count
+    from fedunlearn.methods.unsir_noise import impair_train, noise_count
 
     tf, w_t = short
     p = UNSIRParams(**SCALED)
@@ -202,42 +185,6 @@ def test_params_round_trip_through_toml(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- issue 8 fixes
-
-
-def test_client_impair_labels_the_noise_with_the_paired_retained_records():
-    """UNSIR-1's impair step: SGD on CE(f(noise), y_retained) + CE(f(x_retained), y_retained), one copy."""
-    from fedunlearn.methods.unsir import paired_impair_train, paired_noise
-
-    y = np.array([2, 0, 1, 1])
-    noise = np.arange(10, dtype=np.float32)[:, None]
-    order = np.array([3, 1, 4, 0, 2, 5, 6, 7, 8, 9])
-    nx, ny, pos = paired_noise(noise, y, 2, order, 8)  # two copies, wrapping around the cycle
-    np.testing.assert_array_equal(nx[:, 0], [8, 9, 3, 1, 4, 0, 2, 5])
-    np.testing.assert_array_equal(ny, [2, 0, 1, 1, 2, 0, 1, 1])  # the retained labels, never u's
-    assert pos == 16
-
-    torch.manual_seed(0)
-    x = np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32)
-    yr = np.array([0, 1, 2, 0, 1, 2])
-    u_noise = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
-    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-    ref = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
-    ref.load_state_dict(net.state_dict())
-    res, steps = paired_impair_train(net, x, yr, u_noise, copies=1, lr=0.5, batch_size=6, epochs=1, seed=3,
-                                     noise_seed=4, device=CPU)
-    assert steps == 1 and res.samples == 12
-    # the same step by hand: the batch order of train_epochs, noise in its seeded cyclic order, retained labels
-    idx = torch.randperm(6, generator=torch.Generator().manual_seed(3)).numpy()
-    nidx = np.random.default_rng(4).permutation(4)[np.arange(6) % 4]
-    xb, yb = torch.as_tensor(x[idx]), torch.as_tensor(yr[idx])
-    loss = nn.functional.cross_entropy(ref(xb), yb) + nn.functional.cross_entropy(ref(torch.as_tensor(u_noise[nidx])),
-                                                                                 yb)
-    loss.backward()
-    with torch.no_grad():
-        for q in ref.parameters():
-            q -= 0.5 * q.grad
-    for a, b in zip(net.parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b)
 
 
 def _withdraw_class(tf, c: int) -> None:
@@ -323,7 +270,7 @@ def test_noise_copies_zero_is_the_retained_only_ablation(trained):
 
 
 def test_class_noise_copies_zero_impairs_on_retained_only(short):
-    from fedunlearn.methods.unsir import impair_train
+    from fedunlearn.methods.unsir_noise import impair_train
 
     tf, w_t = short
     ds, parts = experiment_data(tf.cfg)
@@ -343,17 +290,8 @@ def test_class_noise_copies_zero_impairs_on_retained_only(short):
 
 
 def test_class_noise_volume_scales_with_the_retained_size(short):
-    """Class mode mixes noise_ratio noise records per retained record into each client's impair set."""
-    from fedunlearn.methods.unsir import noise_count, take_noise
-
-    assert noise_count(80, ratio=1.28, copies=20, noise_total=512) == 102
-    assert noise_count(800, ratio=1.28, copies=20, noise_total=512) == 1024
-    assert noise_count(80, ratio=None, copies=20, noise_total=512) == 20 * 512  # the notebook's absolute volume
-    assert noise_count(80, ratio=1.28, copies=0, noise_total=512) == 0
-    nx, ny = take_noise(np.arange(6.0)[:, None], np.array([0, 0, 0, 2, 2, 2]), 8)
-    np.testing.assert_array_equal(ny, [0, 2, 0, 2, 0, 2, 0, 2])  # classes interleaved, cycled
-    np.testing.assert_array_equal(nx[:, 0], [0, 3, 1, 4, 2, 5, 0, 3])
-
+    """Class mode mixes noise_ratio noise records per retained record into each client's impair set (the count itself:
+    test_methods_unsir_noise.py)."""
     tf, w_t = short
     job = tf.job("unsir", w_t, withdrawn=(), forget_classes=[0])
     noise = UNSIR(UNSIRParams(**SCALED))._server_noise(job, UNSIRParams(**SCALED), w_t)
