@@ -71,7 +71,8 @@ def test_named_weight_sets_round_trip_through_flower_records() -> None:
     extra = {"generator": Weights([("0.weight", np.arange(4.0))]), "noise": Weights([("x", np.zeros((3, 2)))])}
     weights, config, records = request_parts(request_content(w, {"step": "s", "round": 2}, extra))
     assert list(weights) == ["fc.weight"] and config == {"step": "s", "round": 2}
-    assert sorted(records) == ["generator", "noise"] and np.array_equal(records["generator"]["0.weight"], np.arange(4.0))
+    assert sorted(records) == ["generator", "noise"]
+    assert np.array_equal(records["generator"]["0.weight"], np.arange(4.0))
     reply = ClientReply(3, None, {"num-examples": 5.0}, records={"edit": Weights([("fc.weight", np.ones(2))])})
 
     class _Msg:  # the parts of a Flower reply parse_reply reads
