@@ -20,5 +20,9 @@ class PrivacyViolation(FedUnlearnError):
     """A withdrawn client's data was requested after its withdrawal window closed."""
 
 
+class NumericalError(FedUnlearnError):
+    """Training diverged: a loss or the weights became NaN or infinite (a learning rate too high)."""
+
+
 class PhaseFailed(FedUnlearnError):
     """An FL phase could not finish (too many clients failed in a round)."""

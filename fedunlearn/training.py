@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from fedunlearn.errors import NumericalError
 
 #: torch intra-op threads per process (and so per Ray client actor, which takes one CPU): 1 by default, because
 #: torch's default of one thread per core ran in-process training ~40x slower when the cores were busy on a 2-core
@@ -55,10 +58,12 @@ def train_epochs(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
     extra_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
+    lr_key: str = "the step's learning rate",
 ) -> TrainResult:
     """Minibatch training with a seeded shuffle; ``after_step`` runs after every optimizer step (e.g. projection);
     ``extra_loss(batch indices)`` adds a term to each batch's loss and says how many more samples it processed
-    (e.g. UNSIR-1's paired noise), counted in ``samples``."""
+    (e.g. UNSIR-1's paired noise), counted in ``samples``. A NaN or infinite loss stops at once with
+    ``NumericalError`` ("loss is nan: lower <lr_key>"), so a diverging round fails where it happens."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -66,7 +71,7 @@ def train_epochs(
     model.to(device).train()
     samples = 0
     total_loss, correct, seen = 0.0, 0, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total_loss, correct, seen = 0.0, 0, 0
         for idx in batches(len(xt), batch_size, gen):
             xb, yb = xt[idx].to(device), yt[idx].to(device)
@@ -81,7 +86,10 @@ def train_epochs(
             optimizer.step()
             if after_step is not None:
                 after_step()
-            total_loss += float(loss.detach()) * len(idx)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NumericalError(f"loss is {value} in epoch {epoch + 1}: lower {lr_key}")
+            total_loss += value * len(idx)
             correct += int((out.detach().argmax(1) == yb).sum())
             seen += len(idx)
         samples += seen

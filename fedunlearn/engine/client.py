@@ -25,8 +25,8 @@ import fedunlearn.methods  # noqa: F401 - registers the methods' client steps
 from fedunlearn.config.schema import ExperimentConfig, MethodParams
 from fedunlearn.data import Dataset, Partitions
 from fedunlearn.data.cache import experiment_data
-from fedunlearn.errors import PrivacyViolation
-from fedunlearn.fl.protocol import CLIENT_STEPS, ClientReply, Records
+from fedunlearn.errors import NumericalError, PrivacyViolation
+from fedunlearn.fl.protocol import CLIENT_STEPS, ClientReply, Records, StepOutput
 from fedunlearn.ledgers.access import DataRead
 from fedunlearn.models import Weights, build_model, resolve_device, set_weights
 from fedunlearn.training import seed_for
@@ -161,13 +161,24 @@ def handle(pid: int, weights: Weights | None, message: dict[str, Any],
         if fail:
             raise RuntimeError(fail)
         out = CLIENT_STEPS.get(rt.step, "step")(rt, weights, message)
+        _check_finite(rt, out)
         return ClientReply(pid, out.weights, out.metrics, rt.reads, records=out.records)
     except Exception as err:  # noqa: BLE001 - a client failure is data, not a crash
-        log.warning("client %d step %s failed: %s", pid, message.get("step"), err)
+        log.debug("client %d step %s failed: %s", pid, message.get("step"), err)  # the server reports it
         reason = f"{type(err).__name__}: {err}"
         if log.isEnabledFor(logging.DEBUG):
             reason += "\n" + traceback.format_exc()
         return ClientReply(pid, None, {}, rt.reads if rt else [], error=reason)
+
+
+def _check_finite(rt: ClientRuntime, out: StepOutput) -> None:
+    """A step that diverged without a loss to show it (an edit, an ascent) is caught here, before it is averaged."""
+    sets = {"model": out.weights or {}, **out.records}
+    bad = [name for name, w in sets.items() if any(not np.all(np.isfinite(a)) for a in w.values()
+                                                  if np.issubdtype(np.asarray(a).dtype, np.floating))]
+    if bad:
+        raise NumericalError(f"step {rt.step} (phase {rt.phase}, round {rt.message.get('round', 0)}) returned NaN or "
+                             f"infinite {', '.join(bad)} weights: lower its learning rate")
 
 
 def _injected_fault(cfg: ExperimentConfig, pid: int, message: dict[str, Any]) -> str | None:

@@ -58,7 +58,11 @@ def check_failure_share(phase: str, rnd: int, succeeded: int, expected: int, sha
     ``share`` (``train.max_failure_share``) of the ``expected`` clients did not (no answer counts as a failure)."""
     missing = expected - succeeded
     if succeeded == 0 or missing / max(expected, 1) > share:
-        detail = "; ".join(f"client {x.pid}: {x.error}" for x in failed[:3])
+        by_reason: dict[str, list[int]] = {}
+        for x in failed:
+            by_reason.setdefault(str(x.error), []).append(x.pid)
+        detail = "; ".join(f"client{'s' if len(p) > 1 else ''} {', '.join(map(str, p))}: {why}"
+                           for why, p in list(by_reason.items())[:3])
         raise PhaseFailed(f"{phase} round {rnd}: {missing}/{expected} clients failed (allowed share {share})"
                           + (f": {detail}" if detail else ""))
 
@@ -113,9 +117,9 @@ class FedAvgRounds:
         failed = [x for x in replies if not x.ok]
         n = max(len(self.last_sampled), len(replies))
         missing = n - len(ok)
-        for x in failed:
-            log.warning("%s round %d: client %d failed: %s", self.phase, r, x.pid, x.error)
         check_failure_share(self.phase, r, len(ok), n, self.ctx.cfg.train.max_failure_share, failed)
+        for x in failed:  # tolerated failures (a failed round says it all in one line)
+            log.warning("%s round %d: client %d failed: %s", self.phase, r, x.pid, x.error)
         new = weighted_average([(x.weights, max(x.num_examples, 1)) for x in ok])  # type: ignore[misc]
         self._record(r, sent, ok)
         self.ctx.log_round(self.phase, r, new, ok, missing, total=self.round_offset + self.total_rounds)

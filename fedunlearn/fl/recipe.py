@@ -27,10 +27,11 @@ def local_sgd(rt: ClientRuntime, weights: Weights | None, seed_label: str, *, lr
     tc = rt.cfg.train
     x, y = rt.read("member")
     model = rt.model(weights)
+    lr_key = "train.lr" if lr is None else f"the learning rate in [unlearn.{rt.method}]"
     lr = tc.lr if lr is None else lr
     epochs = int(rt.message.get("local_epochs", tc.local_epochs)) if epochs is None else epochs
     opt = sgd(model, lr, tc.momentum, tc.weight_decay)
     res = train_epochs(model, x, y, epochs=epochs, batch_size=tc.batch_size, optimizer=opt, seed=rt.seed(seed_label),
-                       device=rt.device)
+                       device=rt.device, lr_key=lr_key)
     return StepOutput(get_weights(model), {"num-examples": float(len(x)), "samples": float(res.samples),
                                            "loss": res.loss, "accuracy": res.accuracy})
