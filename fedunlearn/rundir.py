@@ -20,6 +20,7 @@ from fedunlearn.errors import ConfigError
 INITIAL, ORIGINAL, ORACLE = "initial", "original", "retrain"
 REFERENCES = ("reference_a", "reference_b")  # RMIA's reference federations (never audited as models)
 RETRAIN_NULL = "retrain_null"                # the retrain-vs-retrain null (then retrain_null_2, ...)
+STARTUP = "startup"                          # ledger method of start-up costs (Ray, actor warm-up), charged to none
 
 # ----------------------------------------------------------------------------------------------- columns
 #: per_client.csv: the 15 contract columns, then the comparison columns
@@ -33,7 +34,7 @@ VULNERABLE_COLUMNS = ["client", "record", "model", "attack", "score", "rank"]
 LEDGER_COLUMNS = ["method", "phase", "wall_s", "rounds", "client_samples", "bytes_up", "bytes_down",
                   "server_storage_bytes", "failed_clients"]
 ROUNDS_COLUMNS = ["phase", "round", "clients", "failed", "train_loss", "train_accuracy", "test_loss",
-                  "test_accuracy"]
+                  "test_accuracy", "wall_s"]
 ACCESS_COLUMNS = ["seq", "client", "split", "selection", "records", "purpose", "phase", "window"]
 
 PHASES_FILE = "phases.json"

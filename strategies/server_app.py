@@ -10,6 +10,7 @@ checks pass, and hands it to the session's ``on_finished`` (the pipeline's audit
 from __future__ import annotations
 
 import logging
+import time
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -44,6 +45,7 @@ def make_app(session: Session) -> ServerApp:
             run_dir = session.run_dir or prepare_run(cfg)  # nothing is written before the checks pass
             ctx, initial = build_server_context(cfg, run_dir, progress=session.progress)
             fed = FlowerFederation(ctx, grid, map_partitions(grid, nodes))
+            ctx.startup_s = time.perf_counter() - session.started  # Ray and the node mapping: a ledger row of its own
             session.failed = Phases(fed, initial).run()
             if session.on_finished is not None:
                 session.on_finished(run_dir, session.failed)

@@ -18,12 +18,13 @@ import numpy as np
 
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.recipe import WARMUP_STEP
 from fedunlearn.fl.session import ServerContext
 from fedunlearn.fl.transport import Federation
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, save_weights
-from fedunlearn.rundir import FL_FINISHED, ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL, RunDir
+from fedunlearn.rundir import FL_FINISHED, ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL, STARTUP, RunDir
 from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class Phases:
     # ------------------------------------------------------------------ phases
     def run(self) -> dict[str, str]:
         """Run every phase not yet done; returns methods that failed (name -> reason)."""
+        if not self.state.is_done(FL_FINISHED):
+            self.warm_up()
         start = self.train_original()
         self.unlearn_all(start)
         self.retrain()
@@ -125,6 +128,20 @@ class Phases:
         self._save_logs()
         self.state.mark(FL_FINISHED)  # the explicit "FL part finished" marker (fedunlearn.rundir.fl_finished)
         return dict(self.state.failed)
+
+    def warm_up(self) -> None:
+        """Start-up as ledger rows of its own (method ``startup``, charged to no method), each time the FL stage
+        starts (a resume too): ``ray`` = Ray and the node mapping (measured by the transport), ``warmup`` = every
+        reachable client loading its data and model once."""
+        ctx = self.ctx
+        if ctx.startup_s is not None:
+            with ctx.track(STARTUP, "ray", label=STARTUP) as row:
+                pass
+            row.wall_s = ctx.startup_s
+        reachable = [p for p in self.fed.pids if ctx.window.status(p) != "closed"]
+        with ctx.track(STARTUP, WARMUP_STEP, label=STARTUP):
+            self.fed.send(reachable, WARMUP_STEP, None)
+        self._save_logs()
 
     def train_original(self) -> Weights:
         """FedAvg over all clients, recording history; returns the model at the withdrawal round."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +51,7 @@ class Session:
     failed: dict[str, str] = field(default_factory=dict)
     error: BaseException | None = None
     memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
+    started: float = field(default_factory=time.perf_counter)  # start-up is measured from here (ledger "startup")
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -13,6 +13,17 @@ if TYPE_CHECKING:
     from fedunlearn.engine.client import ClientRuntime
 
 
+WARMUP_STEP = "warmup"
+
+
+@CLIENT_STEPS.register(WARMUP_STEP)
+def warmup_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
+    """Load the client's data and build its model once, reading no record: the actors' start-up cost is then
+    measured on its own (ledger method ``startup``), not charged to the first phase of a run or of a resume."""
+    rt.model(None)
+    return StepOutput(None, {"num-examples": 0.0, "classes": float(rt.num_classes)})
+
+
 @CLIENT_STEPS.register("train")
 def train_step(rt: ClientRuntime, weights: Weights | None, message: dict[str, Any]) -> StepOutput:
     """FedAvg local training: ``local_epochs`` of SGD on the client's members."""

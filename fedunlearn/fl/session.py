@@ -44,12 +44,13 @@ class RoundRow:
     train_accuracy: float
     test_loss: float
     test_accuracy: float
+    wall_s: float = float("nan")  # since the phase's previous round (or its start): the round's server wall time
 
     @classmethod
     def parse(cls, row: dict[str, str]) -> RoundRow:
         kinds = {f.name: f.type for f in fields(cls)}
         conv = {"str": str, "int": int, "float": float}
-        return cls(**{k: conv[kinds[k]](row[k]) for k in kinds})
+        return cls(**{k: conv[kinds[k]](row[k]) for k in kinds if row.get(k, "") != ""})
 
 
 assert [f.name for f in fields(RoundRow)] == ROUNDS_COLUMNS, "rounds.csv columns (fedunlearn.rundir)"
@@ -97,6 +98,8 @@ class ServerContext:
     evaluate: Callable[[Weights], tuple[float, float]] | None = None   # central (loss, accuracy) on the test set
     on_round: Callable[[str, int, int], None] | None = None             # progress: (phase, round, total)
     phase: str = ""
+    startup_s: float | None = None  # from the session's start to the FL stage (Ray, node mapping), when measured
+    _round_clock: float = 0.0  # when the current round of the open phase began (per-round wall time)
 
     @contextmanager
     def track(self, method: str, phase: str, *, label: str | None = None, resume: Cost | None = None
@@ -112,6 +115,7 @@ class ServerContext:
             row = self.costs.current = resume
             row.wall_s -= time.perf_counter()
         self.phase = label if label is not None else phase_label(method, phase)
+        self._round_clock = time.perf_counter()
         try:
             yield row
         finally:
@@ -155,8 +159,10 @@ class ServerContext:
         tl = sum(x.metrics.get("loss", 0.0) * max(x.num_examples, 1) for x in ok) / n
         ta = sum(x.metrics.get("accuracy", 0.0) * max(x.num_examples, 1) for x in ok) / n
         test_loss, test_acc = self.evaluate(new) if self.evaluate else (float("nan"), float("nan"))
+        now = time.perf_counter()
         self.rounds.add(RoundRow(phase, rnd, len(ok), failed, round(tl, 6), round(ta, 6), round(test_loss, 6),
-                                 round(test_acc, 6)))
+                                 round(test_acc, 6), round(now - self._round_clock, 4)))
+        self._round_clock = now
         if self.on_round:
             self.on_round(phase, rnd if step is None else step, total)
 

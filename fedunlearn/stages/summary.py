@@ -17,7 +17,7 @@ from fedunlearn.audit.metrics import (
     null_band,
     tpr_at_fpr,
 )
-from fedunlearn.rundir import RunDir
+from fedunlearn.rundir import STARTUP, RunDir
 from fedunlearn.stages.inference import BOTH_REFERENCES, ORACLE, ORIGINAL, RETRAIN_NULL, ModelSignals, Scores
 from fedunlearn.stages.rmia import References
 from fedunlearn.stages.scoring import attack_input, na_to_none, paired_p
@@ -127,6 +127,7 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
         models[m] = models.pop(m)
     models[ORACLE] = models.pop(ORACLE)
     original_cost = ledger.total(ORIGINAL)
+    startup = [r for r in ledger.rows if r.method == STARTUP]
     summary = {
         "name": cfg.name, "seed": cfg.seed, "withdrawn_clients": withdrawn,
         "withdrawn_classes": sorted(cfg.withdraw.classes), "attacks": attacks,
@@ -135,6 +136,11 @@ def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSig
                               "client_samples": original_cost.client_samples,
                               "server_storage_bytes": original_cost.server_storage_bytes},
         "models": models, "failed_methods": failed,
+        # start-up (Ray, node mapping, each client loading its data once), per start of the FL stage: charged to no
+        # method, so a resume's first phase and a run's first phase cost what their work costs
+        "startup": {"wall_s": round(sum(r.wall_s for r in startup), 3),
+                    "starts": sum(1 for r in startup if r.phase == "warmup"),
+                    "rows": [{"phase": r.phase, "wall_s": round(r.wall_s, 3)} for r in startup]},
     }
     summary["verdict_rule"] = (CLASS_RULE + " " if classes else "") + LEAKAGE_RULE
     if classes:

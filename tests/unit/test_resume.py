@@ -62,12 +62,21 @@ def test_resume_after_kill_mid_phase_gives_same_results(tmp_path, monkeypatch, u
     res = run(None, resume=d)  # type: ignore[arg-type]  # the run directory's own config
     assert set(phases_run) == {"retrain"}  # finished phases are not run again
     assert (d / "per_client.csv").read_text() == (uninterrupted / "per_client.csv").read_text()
-    assert (d / "rounds.csv").read_text() == (uninterrupted / "rounds.csv").read_text()
-    assert res.summary["failed_methods"] == {}
+    def rounds_without_wall(run_dir: Path) -> list[dict[str, str]]:
+        rows = _rows(run_dir / "rounds.csv")
+        assert all(float(r.pop("wall_s")) >= 0 for r in rows)  # per-round wall time, measured
+        return rows
 
-    phases_run.clear()  # resuming a finished run only re-audits
-    run(None, resume=d)  # type: ignore[arg-type]
-    assert phases_run == []
+    assert rounds_without_wall(d) == rounds_without_wall(uninterrupted)
+    assert res.summary["failed_methods"] == {}
+    # start-up is its own ledger row each time the FL stage starts (the run and its resume), charged to no method
+    warmups = [r for r in _rows(d / "ledger.csv") if (r["method"], r["phase"]) == ("startup", "warmup")]
+    assert len(warmups) == 2 and res.summary["startup"]["starts"] == 2
+    assert "startup" not in res.summary["models"]
+
+    phases_run.clear()  # resuming a finished run only re-audits (no start-up either)
+    again = run(None, resume=d)  # type: ignore[arg-type]
+    assert phases_run == [] and again.summary["startup"]["starts"] == 2
     assert (d / "per_client.csv").read_text() == (uninterrupted / "per_client.csv").read_text()
 
 
