@@ -16,7 +16,9 @@ from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.rundir import RunDir
 from fedunlearn.terminal import PhaseProgress, make_console, rich_table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
+# suggest_commands=False: click already says "Did you mean ...?" (typer would say it a second time)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.",
+                  suggest_commands=False)
 
 
 def _version(value: bool) -> None:
@@ -71,9 +73,11 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run one experiment: train, withdraw, unlearn, retrain, audit, report."""
+    """Run one experiment: train, withdraw, unlearn, retrain, audit, report.
+
+    CONFIG is the experiment's TOML file (e.g. experiments/quickstart.toml); without it the built-in defaults run,
+    and --set overrides any key of either."""
     from fedunlearn.config.load import load_config
-    from fedunlearn.pipeline import run as run_experiment
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -86,6 +90,10 @@ def run(
         if resume is not None and (config is not None or overrides):
             raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
         cfg = load_config(config, overrides) if resume is None else None
+        if resume is None and config is None:
+            console.print("config: none given, running the built-in defaults (every key of "
+                          "fedunlearn/config/schema.py) with --set; pass a TOML file to run an experiment of yours, "
+                          "e.g. experiments/quickstart.toml", highlight=False, soft_wrap=True)
         if cfg is not None:  # before anything is started: the run directory can be made where asked
             from fedunlearn.rundir import check_out_dir, check_place
 
@@ -93,6 +101,8 @@ def run(
                 check_out_dir(out)
             else:
                 check_place(Path("runs"), "runs directory")
+        from fedunlearn.pipeline import run as run_experiment  # torch and Ray's glue: after the config is valid
+
         with PhaseProgress(console) as progress:
             if resume is not None:
                 from fedunlearn.engine.session import load_run_config

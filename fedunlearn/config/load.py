@@ -58,7 +58,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Validate a raw config dict against the schema and the registries."""
+    """Validate a raw config dict against the schema, then against the registries. The first pass needs pydantic
+    alone, so a wrong key or value is reported before the registries' modules (torch, scikit-learn) are imported."""
+    try:
+        ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, ExperimentConfig)) from None
     try:
         return ExperimentConfig.model_validate(data, context={"registries": registries()})
     except ValidationError as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from fedunlearn.stages.inference import ORACLE
+from fedunlearn.rundir import ORACLE
 
 NA = "—"
 

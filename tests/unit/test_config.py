@@ -189,3 +189,28 @@ def test_a_large_training_seed_is_fine_with_its_own_data_seed() -> None:
     """Only the data seed goes to sklearn: a training seed above 2**32 - 1 is allowed once data.seed is set."""
     cfg = load_config(None, ["seed=4294967296", "data.seed=3"])
     assert cfg.seed == 2**32 and cfg.data_seed == 3
+
+
+def test_a_config_error_is_reported_before_torch_or_sklearn_load(tmp_path) -> None:
+    """Fast feedback (issue 11 item 10): a wrong key or value is found by the schema alone; the heavy modules
+    (torch, scikit-learn, Flower) are imported only once the config is valid."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fedunlearn.cli import app\ntry:\n    app(['run', 'experiments/quickstart.toml', '--set', "
+            "'train.epochs=3'])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted({'torch', 'sklearn', 'flwr', 'ray'} & set(sys.modules))\n"
+            "print(code, heavy)\nsys.exit(0 if code == 2 and not heavy else 1)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "train.epochs: unknown key; did you mean train.local_epochs?" in out.stdout + out.stderr
+
+
+def test_a_mistyped_command_is_suggested_once() -> None:
+    from typer.testing import CliRunner
+
+    from fedunlearn.cli import app
+
+    res = CliRunner().invoke(app, ["rn"])
+    assert res.exit_code == 2 and " ".join(res.output.split()).count("Did you mean 'run'?") == 1, res.output
