@@ -20,6 +20,7 @@ from fedunlearn.errors import ConfigError
 INITIAL, ORIGINAL, ORACLE = "initial", "original", "retrain"
 REFERENCES = ("reference_a", "reference_b")  # RMIA's reference federations (never audited as models)
 RETRAIN_NULL = "retrain_null"                # the retrain-vs-retrain null (then retrain_null_2, ...)
+AFTER = "after"                              # continued training after unlearning (models/after/<m>/round_<r>.pt)
 STARTUP = "startup"                          # ledger method of start-up costs (Ray, actor warm-up), charged to none
 
 # ----------------------------------------------------------------------------------------------- columns
@@ -95,6 +96,10 @@ class RunDir:
     def scores(self) -> Path:
         return self.signals / "scores.npz"
 
+    @property
+    def after_unlearning(self) -> Path:
+        return self.path / "after_unlearning.csv"
+
     def seed_run(self, seed: int) -> Path:
         """``seeds/seed-<s>/``: one A2 replica, a run directory of its own."""
         return self.seeds / f"seed-{seed}"
@@ -104,6 +109,11 @@ class RunDir:
 
     def read_config(self) -> ExperimentConfig:
         return read_config(self.path)
+
+
+def after_model(model: str, rnd: int) -> str:
+    """The model name of ``model`` after ``rnd`` rounds of continued FedAvg (round 0 = the model itself)."""
+    return model if rnd == 0 else f"{AFTER}/{model}/round_{rnd}"
 
 
 def fl_finished(run_dir: str | Path) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +19,24 @@ import numpy as np
 
 from fedunlearn.data.cache import experiment_data
 from fedunlearn.fl.fedavg import FedAvgRounds
+from fedunlearn.fl.protocol import ClientReply
 from fedunlearn.fl.recipe import WARMUP_STEP
 from fedunlearn.fl.session import ServerContext
 from fedunlearn.fl.transport import Federation
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS, UnlearnJob, build_method
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, save_weights
-from fedunlearn.rundir import FL_FINISHED, ORACLE, ORIGINAL, REFERENCES, RETRAIN_NULL, STARTUP, RunDir
+from fedunlearn.rundir import (
+    AFTER,
+    FL_FINISHED,
+    ORACLE,
+    ORIGINAL,
+    REFERENCES,
+    RETRAIN_NULL,
+    STARTUP,
+    RunDir,
+    after_model,
+)
 from fedunlearn.training import seed_for
 
 log = logging.getLogger(__name__)
@@ -125,6 +137,8 @@ class Phases:
             self.references()
         if self.cfg.audit.wants_retrain_null():
             self.retrain_null()
+        if self.cfg.audit.after_rounds:
+            self.after_unlearning(self.cfg.audit.after_rounds)
         self._save_logs()
         self.state.mark(FL_FINISHED)  # the explicit "FL part finished" marker (fedunlearn.rundir.fl_finished)
         return dict(self.state.failed)
@@ -284,6 +298,25 @@ class Phases:
             save_weights(self.rd.model(name), w)
             self._checkpoint(name, w)
 
+    def after_unlearning(self, rounds: int) -> None:
+        """What happens after unlearning: FedAvg goes on over the remaining clients for ``rounds`` rounds from every
+        unlearned model and from retrain (the training recipe; phase ``after.<model>``, ledger method ``after``),
+        each round's model saved as ``models/after/<model>/round_<r>.pt`` for the audit (``stages/after.py``)."""
+        gone = set(self.cfg.withdraw.clients)
+        remaining = [p for p in self.fed.pids if p not in gone]
+        models = [m for m in self.cfg.unlearn.methods if m != ORACLE and self.rd.model(m).is_file()] + [ORACLE]
+        for m in models:
+            key = f"{AFTER}.{m}"
+            if self.state.is_done(key):
+                continue
+            w = load_weights(self.rd.model(m))
+            with self.ctx.track(AFTER, m, label=key):
+                engine = _SavingRounds(self.ctx, key, remaining, save=lambda r, w, m=m: save_weights(
+                    self.rd.model(after_model(m, r)), w))
+                engine.total_rounds = rounds
+                w = self.fed.fedavg(engine, w, rounds)
+            self._checkpoint(key, w)
+
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
                 record_history: bool = False, offset: int = 0, ledger_phase: str | None = None) -> Weights:
         """FedAvg rounds labelled ``phase`` (messages, data reads, rounds.csv); ledger row (method, ledger_phase),
@@ -293,3 +326,17 @@ class Phases:
             engine = FedAvgRounds(self.ctx, phase, pids, record_history=record_history, round_offset=offset)
             engine.total_rounds = rounds
             return self.fed.fedavg(engine, w, rounds)
+
+
+class _SavingRounds(FedAvgRounds):
+    """FedAvg rounds that hand every new global model to ``save(round, weights)`` (both transports call
+    ``aggregate``), so the continued training after unlearning keeps each round's model."""
+
+    def __init__(self, *args: object, save: Callable[[int, Weights], object], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._save = save
+
+    def aggregate(self, rnd: int, sent: Weights, replies: Sequence[ClientReply]) -> Weights:
+        new = super().aggregate(rnd, sent, replies)
+        self._save(rnd + self.round_offset, new)
+        return new

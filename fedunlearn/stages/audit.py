@@ -32,6 +32,7 @@ from fedunlearn.errors import ConfigError
 from fedunlearn.io import atomic_write_json
 from fedunlearn.ledgers.access import AccessLog, DataRead, WithdrawalWindow
 from fedunlearn.rundir import VULNERABLE_COLUMNS, RunDir, fl_finished, read_config, run_failures
+from fedunlearn.stages.after import AFTER_COLUMNS, after_unlearning
 from fedunlearn.stages.inference import (
     ORACLE,
     ORIGINAL,
@@ -156,6 +157,9 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     if seeds:
         summary["seed_audit"] = seed_audit(run_dir, saved_seed_runs(run_dir, cfg.seed, seeds), names, sigs, parts,
                                            cfg)
+    after_rows: list[dict] = []
+    if cfg.audit.after_rounds:
+        after_rows, summary["after_unlearning"] = after_unlearning(run_dir, cfg, parts, gamma)
     rows, scores = merge_kept(run_dir, plan, names, rows, scores, summary)
     summary["audit_run"] = audit_record(plan, stamps)
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, plan.attacks, cfg.audit.vulnerable_top)
@@ -166,6 +170,8 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     write_per_client(rd.per_client, rows)
     save_scores(rd.signals / "scores.npz", scores)
     write_rows(rd.vulnerable, VULNERABLE_COLUMNS, vulnerable)
+    if after_rows:
+        write_rows(rd.after_unlearning, AFTER_COLUMNS, after_rows)
     atomic_write_json(rd.summary, json_safe(summary))
     tick()
     return summary

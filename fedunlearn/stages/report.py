@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedunlearn.io import atomic_write_text
 from fedunlearn.rundir import RunDir
+from fedunlearn.stages.after import plot_after_unlearning
 from fedunlearn.stages.plots import (
     plot_accuracy_bars,
     plot_client_auc,
@@ -138,6 +139,8 @@ def write_report(run_dir: Path) -> Path:
     plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
     if summary.get("seed_audit"):
         plots.append(plot_epsilon_hist(run_dir))
+    if summary.get("after_unlearning"):
+        plots.append(plot_after_unlearning(run_dir, summary))
     drawn = {p.name for p in plots if p is not None}
     for stale in RunDir(run_dir).plots.glob("*.png"):
         if stale.name not in drawn:
@@ -152,7 +155,7 @@ def write_report(run_dir: Path) -> Path:
         lines += [""] + markdown(table)
     if summary.get("failed_methods"):
         lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
-    lines += audit_sections(summary)
+    lines += audit_sections(summary) + _after_section(summary)
     lines += ["", "Verdicts against retrain (*vs retrain*): *equivalent* = the withdrawn clients' AUC is within the "
               "equivalence margin of retrain's (1.96 × the RMS of retrain-vs-retrain ΔAUC over clients and null "
               "seeds; see the false-alarm section); *under-unlearned* = more leakage than retrain by more than the "
@@ -169,3 +172,20 @@ def write_report(run_dir: Path) -> Path:
               "members per client), `ledger.csv` (costs per method and phase), `rounds.csv` (per-round metrics), "
               "`data_access.csv` (every read of client data).", ""]
     return atomic_write_text(RunDir(run_dir).report, "\n".join(lines))
+
+
+def _after_section(summary: dict) -> list[str]:
+    """``audit.after_rounds``: the withdrawn clients' leakage when FedAvg goes on after unlearning."""
+    after = summary.get("after_unlearning")
+    if not after:
+        return []
+    lines = ["", f"## After unlearning: {after['rounds']} more FedAvg rounds on the remaining clients", "",
+             f"Measure: {after['measure']} (`after_unlearning.csv`, `plots/after_unlearning.png`). Retrain's own "
+             "continuation is the yardstick: a model whose leakage rises toward the original's while retrain's does "
+             "not got the forgotten information back.", "",
+             "| model | at unlearning | after | change | retrain after | distance to retrain: start → end |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m, e in after["models"].items():
+        lines.append(f"| {m} | {e['start']:.3f} | {e['end']:.3f} | {e['change']:+.3f} | {e['retrain_end']:.3f} | "
+                     f"{e['distance_to_retrain_start']:.3f} → {e['distance_to_retrain_end']:.3f} |")
+    return lines

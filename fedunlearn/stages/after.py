@@ -1,0 +1,105 @@
+"""After unlearning (``audit.after_rounds = N``): does forgotten information come back when the federation trains
+on, and does an unlearned model drift toward or away from retrain? The FL stage continued FedAvg over the remaining
+clients for N rounds from every unlearned model and from retrain (``engine.phases.Phases.after_unlearning``); this
+stage reads those saved models: per model and round, the withdrawn clients' leakage (the loss attack's AUC of their
+members against their audit records, pooled; for a class withdrawal the forgotten classes' member accuracy), the
+test accuracy, and the distances to the original model and to retrain's own continuation at the same round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedunlearn.audit.metrics import auc
+from fedunlearn.config.schema import ExperimentConfig
+from fedunlearn.data.cache import experiment_data
+from fedunlearn.models import Weights, load_weights
+from fedunlearn.rundir import ORACLE, ORIGINAL, RunDir, after_model
+from fedunlearn.stages.inference import compute_signals
+from fedunlearn.stages.scoring import score_models
+
+AFTER_COLUMNS = ["model", "round", "leakage", "test_accuracy", "distance_to_original", "distance_to_retrain"]
+
+
+def _distance(a: Weights, b: Weights) -> float:
+    return float(np.sqrt(sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2))
+                             for k in a if np.issubdtype(np.asarray(a[k]).dtype, np.floating))))
+
+
+def continued_models(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
+    """The models whose continuation was trained and saved (every round of it)."""
+    rd, n = RunDir(run_dir), cfg.audit.after_rounds
+    names = [m for m in cfg.unlearn.methods if m != ORACLE] + [ORACLE]
+    return [m for m in names if all(rd.model(after_model(m, r)).is_file() for r in range(n + 1))]
+
+
+def after_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float) -> tuple[list[dict], dict]:  # noqa: ANN001
+    """Rows of ``after_unlearning.csv`` and the summary entry (start, end and change of the leakage per model)."""
+    rd, n = RunDir(run_dir), cfg.audit.after_rounds
+    models = continued_models(run_dir, cfg)
+    if not models or ORACLE not in models:
+        return [], {}
+    withdrawn = sorted(cfg.withdraw.clients)
+    ds, _ = experiment_data(cfg)
+    forget = [] if withdrawn else [np.concatenate(parts.members)[np.isin(ds.y_train[np.concatenate(parts.members)],
+                                                                           cfg.withdraw.classes)]]
+    original = load_weights(rd.model(ORIGINAL))
+    original_sig = compute_signals(run_dir, ORIGINAL)  # the attack input's reference point (the loss attack ignores it)
+    retrain = [load_weights(rd.model(after_model(ORACLE, r))) for r in range(n + 1)]
+    rows: list[dict] = []
+    for m in models:
+        for r in range(n + 1):
+            name = after_model(m, r)
+            sig = compute_signals(run_dir, name)
+            if withdrawn:
+                scores = score_models([name], {name: sig, ORIGINAL: original_sig}, parts, ["loss"], gamma, None)
+                mem = np.concatenate([scores[(name, k, "loss")][0] for k in withdrawn])
+                non = np.concatenate([scores[(name, k, "loss")][1] for k in withdrawn])
+                leakage = auc(mem, non)
+            else:
+                leakage = float(sig.pool_correct[forget[0]].mean())
+            w = load_weights(rd.model(name))
+            rows.append({"model": m, "round": r, "leakage": leakage,
+                         "test_accuracy": float(sig.test_correct[parts.test].mean()),
+                         "distance_to_original": _distance(w, original),
+                         "distance_to_retrain": _distance(w, retrain[r])})
+    by_model = {m: [x for x in rows if x["model"] == m] for m in models}
+    summary = {
+        "rounds": n,
+        "measure": ("loss-attack AUC of the withdrawn clients' members vs their audit records" if withdrawn
+                    else "accuracy on the forgotten classes' members"),
+        "models": {m: {"start": rs[0]["leakage"], "end": rs[-1]["leakage"], "change": rs[-1]["leakage"] -
+                       rs[0]["leakage"], "retrain_end": by_model[ORACLE][-1]["leakage"],
+                       "distance_to_retrain_start": rs[0]["distance_to_retrain"],
+                       "distance_to_retrain_end": rs[-1]["distance_to_retrain"]} for m, rs in by_model.items()},
+    }
+    return rows, summary
+
+
+def plot_after_unlearning(run_dir: Path, summary: dict) -> Path | None:
+    """Per model: the withdrawn clients' leakage and the distance to retrain's continuation over the rounds of
+    continued training (round 0 = the unlearned model)."""
+    from fedunlearn.stages.palette import model_style
+    from fedunlearn.stages.plots import plt, read_csv_rows, save_figure
+
+    after = summary.get("after_unlearning") or {}
+    rows = read_csv_rows(RunDir(run_dir).after_unlearning) if after else []
+    if not rows:
+        return None
+    fig, (ax_l, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    for m in after["models"]:
+        mine = [r for r in rows if r["model"] == m]
+        x = [int(r["round"]) for r in mine]
+        ax_l.plot(x, [float(r["leakage"]) for r in mine], marker="o", ms=3, label=m, **model_style(m))
+        ax_d.plot(x, [float(r["distance_to_retrain"]) for r in mine], marker="o", ms=3, label=m, **model_style(m))
+    ax_l.set(xlabel="rounds of FedAvg after unlearning", ylabel=after["measure"].split(" of ")[0],
+             title="Does the forgotten information come back?")
+    ax_d.set(xlabel="rounds of FedAvg after unlearning", ylabel="L2 distance to retrain's continuation",
+             title="Toward or away from retrain?")
+    ax_d.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    for ax in (ax_l, ax_d):
+        ax.grid(alpha=0.3)
+    out = RunDir(run_dir).plot("after_unlearning")
+    save_figure(fig, out)
+    return out
