@@ -35,7 +35,7 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, field in model.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _known_keys(ann, f"{prefix}{name}.")
+            out += [f"{prefix}{name}"] + _known_keys(ann, f"{prefix}{name}.")
         else:
             out.append(f"{prefix}{name}")
     return out
