@@ -76,11 +76,13 @@ def cases(tmp: Path, run: Path) -> list[tuple[str, list[str]]]:
                                 f'data.path="{tmp / "one.npz"}"']),
         ("training diverges (train.lr = 1e6)", ["run", *TINY_SET, "--set", "train.lr=1e6", "--out",
                                                 str(tmp / "diverged")]),
-        ("audit: retrain.pt empty", ["audit", damaged("empty", lambda d: (d / "models" / "retrain.pt").write_bytes(b""))]),
+        ("audit: retrain.pt empty", ["audit", damaged("empty", lambda d: (d / "models" / "retrain.pt")
+                                                       .write_bytes(b""))]),
         ("audit: a method's model truncated", ["audit", damaged("trunc", lambda d: (d / "models" / "finetune.pt")
                                                                 .write_bytes((d / "models" / "finetune.pt")
                                                                              .read_bytes()[:100]))]),
-        ("report: summary.json corrupt", ["report", damaged("summary", lambda d: (d / "summary.json").write_text("{,"))]),
+        ("report: summary.json corrupt", ["report", damaged("summary", lambda d: (d / "summary.json")
+                                                            .write_text("{,"))]),
         ("report: per_client.csv missing", ["report", damaged("pc", lambda d: (d / "per_client.csv").unlink())]),
         ("resume: not a run directory", ["run", "--resume", str(tmp)]),
         ("mistyped command", ["rn"]),
