@@ -90,10 +90,6 @@ def run(
         if resume is not None and (config is not None or overrides):
             raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
         cfg = load_config(config, overrides) if resume is None else None
-        if resume is None and config is None:
-            console.print("config: none given, running the built-in defaults (every key of "
-                          "fedunlearn/config/schema.py) with --set; pass a TOML file to run an experiment of yours, "
-                          "e.g. experiments/quickstart.toml", highlight=False, soft_wrap=True)
         if cfg is not None:  # before anything is started: the run directory can be made where asked
             from fedunlearn.rundir import check_out_dir, check_place
 
@@ -102,6 +98,10 @@ def run(
             else:
                 check_place(Path("runs"), "runs directory")
         from fedunlearn.pipeline import run as run_experiment  # torch and Ray's glue: after the config is valid
+        if resume is None and config is None and console.is_terminal:  # someone at a terminal forgot CONFIG
+            console.print("config: none given, running the built-in defaults (every key of "
+                          "fedunlearn/config/schema.py) with --set; pass a TOML file to run an experiment of yours, "
+                          "e.g. experiments/quickstart.toml", highlight=False, soft_wrap=True)
 
         with PhaseProgress(console) as progress:
             if resume is not None:
