@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedunlearn import interrupt
 from fedunlearn.errors import ConfigError, FedUnlearnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated-unlearning simulator.")
@@ -39,6 +41,17 @@ err_console = Console(stderr=True)
 def _fail(err: Exception) -> None:
     err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
     raise typer.Exit(2 if isinstance(err, ConfigError) else 1)
+
+
+def _stopped_line(run_dir: Path, signum: int) -> None:
+    """The one line an interrupted run ends with: how to continue it. Written straight to the stderr descriptor,
+    so that it gets out before a forced ``os._exit`` and past the progress display."""
+    name = signal.Signals(signum).name
+    if (run_dir / "config.toml").is_file():
+        line = f"interrupted ({name}); continue with: fedunlearn run --resume {run_dir}"
+    else:
+        line = f"interrupted ({name}) before {run_dir} was created; nothing to resume: run the same command again"
+    os.write(2, (("\n" if sys.stderr.isatty() else "") + line + "\n").encode())
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
@@ -93,8 +106,11 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run one experiment: train, withdraw, unlearn, retrain, audit, report."""
+    """Run one experiment: train, withdraw, unlearn, retrain, audit, report. Ctrl-C or SIGTERM stops it within
+    seconds (exit 130 / 143) with the line that resumes it."""
     from fedunlearn.config import load_config
+    from fedunlearn.rundir import default_run_dir
+    from fedunlearn.runner import load_run_config
     from fedunlearn.runner import run as run_experiment
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -107,21 +123,26 @@ def run(
     try:
         if resume is not None and (config is not None or overrides):
             raise ConfigError("--resume: takes the run directory's own config; drop CONFIG and --set")
-        cfg = load_config(config, overrides) if resume is None else None
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
+        cfg = load_config(config, overrides) if resume is None else load_run_config(resume)
+        run_dir = resume if resume is not None else (out or default_run_dir(cfg.name))  # named now: to say it
+        with interrupt.handle_signals(lambda signum: _stopped_line(run_dir, signum)) as stopped, \
+                Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn(), console=console, transient=False) as progress:
             tasks: dict[str, int] = {}
 
             def on_round(phase: str, rnd: int, total: int) -> None:
+                interrupt.check()  # a stop asked for by a signal ends the run here, at a round's end
                 if phase not in tasks:
                     tasks[phase] = progress.add_task(phase, total=total or None)
                 progress.update(tasks[phase], completed=rnd)
 
-            if resume is not None:
-                from fedunlearn.runner import load_run_config
-
-                cfg = load_run_config(resume)
-            result = run_experiment(cfg, out=out, resume=resume, progress=on_round)  # type: ignore[arg-type]
+            try:
+                result = run_experiment(cfg, out=None if resume is not None else run_dir, resume=resume,
+                                        progress=on_round)
+            except interrupt.Interrupted as stop:  # unwound at a boundary; the exit is the forced one's, sooner
+                progress.stop()
+                sys.stdout.flush()
+                interrupt.force_exit(stop.signum, stopped)
     except FedUnlearnError as err:
         _fail(err)
         return

@@ -21,3 +21,11 @@ def fl_finished(run_dir: str | Path) -> bool:
         return FL_FINISHED in json.loads(path.read_text()).get("done", [])
     except (json.JSONDecodeError, AttributeError):
         return False
+
+
+def default_run_dir(name: str) -> Path:
+    """Where a run goes without ``--out``: ``runs/<name>-<YYYYmmdd-HHMMSS>`` (the CLI names it before the run starts,
+    so an interrupted run can say which directory to resume)."""
+    from datetime import datetime
+
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"

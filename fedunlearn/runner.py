@@ -25,6 +25,7 @@ from fedunlearn.federation import RoundsLog, ServerContext
 from fedunlearn.history import UpdateHistory
 from fedunlearn.io import atomic_write_json, atomic_write_text
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, resolve_device, save_weights
+from fedunlearn.rundir import PHASES_FILE, default_run_dir
 from fedunlearn.training import evaluate
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     if bad:
         raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1} "
                           f"({cfg.data.dataset})")
-    run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(out) if out else default_run_dir(cfg.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--out: {run_dir} exists and is not empty; use --resume {run_dir} to continue it")
     tmp = run_dir.with_name(f".{run_dir.name}.preparing")
@@ -190,7 +191,12 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path
     else:
         from fedunlearn.simulation import run_flower
 
-        job = run_flower(cfg, run_dir, progress)
+        try:
+            job = run_flower(cfg, run_dir, progress)
+        except ConfigError:  # Ray's address or client resources: bad input leaves no new run directory behind
+            if resume is None and not (run_dir / PHASES_FILE).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         failed, memory = job.failed, job.memory
     summary = finish_run(run_dir, failed)
     _record_peak_memory(run_dir, memory)

@@ -2,22 +2,37 @@
 
 All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process: it is built
 for the prepared run (``strategies.server_app.make_app(job)``), and the failed methods or an error come back in the
-job.
+job. Ray is started (or attached to) here, before the simulation, so that a wrong address or client resources no
+node has are one line within seconds, not a hang (``start_ray``); the Ray this module started is shut down here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedunlearn import interrupt
 from fedunlearn.config import ExperimentConfig
+from fedunlearn.errors import ConfigError
 
 log = logging.getLogger(__name__)
+#: attaching to a running cluster takes 1-3 s; Ray itself retries an address that does not answer for many minutes
+ATTACH_TIMEOUT_S = 30.0
+#: a TCP connection to the cluster's address, tried before Ray is asked to attach
+PROBE_TIMEOUT_S = 5.0
+NO_CLUSTER = "start one with `ray start --head`, or leave sim.ray_address empty for a private local Ray"
+
+
+class RuntimeEnded(BaseException):
+    """The runtime ended while the ServerApp waited: it stops too (not an ``Exception``: no method's failure)."""
 
 
 @dataclass
@@ -28,6 +43,13 @@ class SimulationJob:
     failed: dict[str, str] = field(default_factory=dict)
     error: BaseException | None = None
     memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
+    ended: threading.Event = field(default_factory=threading.Event)  # set when run_simulation has returned
+
+    def check_stop(self) -> None:
+        """Raise if the ServerApp must stop waiting: a signal asked the run to stop, or the runtime has ended."""
+        interrupt.check()
+        if self.ended.is_set():
+            raise RuntimeEnded()
 
 
 def _drop_deprecation(record: logging.LogRecord) -> bool:
@@ -55,6 +77,116 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
             "init_args": init_args}
 
 
+def start_ray(cfg: ExperimentConfig) -> bool:
+    """Start a private Ray or attach to ``sim.ray_address`` as Flower's backend would (it skips its ``ray.init``
+    when Ray is up), then check that a node can host one client. True if this call started Ray (and must stop it).
+    Failures are a ``ConfigError`` within seconds: Ray retries a silent address for many minutes, and the
+    ServerApp thread, waiting for nodes that never come, kept the process alive after the runtime gave up."""
+    import ray
+
+    if ray.is_initialized():
+        _check_resources(cfg)
+        return False
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])  # as Flower's backend
+    os.environ["PYTHONPATH"] = pythonpath
+    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, "logging_level": "WARNING",
+              **backend_config(cfg)["init_args"]}
+    if cfg.sim.ray_address:
+        _probe(cfg.sim.ray_address)
+        _attach(cfg.sim.ray_address, kwargs)
+    else:
+        handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+        ray.init(**kwargs)  # in the main thread: the daemons it starts die with the thread that started them
+        for s, h in handlers.items():  # Ray takes SIGTERM (in Python and in its C++ core); a caller's handler
+            if callable(h):            # comes back (set again even where Python's own table still shows it)
+                signal.signal(s, h)
+    interrupt.add_cleanup(stop_ray)
+    try:
+        _check_resources(cfg)
+    except ConfigError:
+        stop_ray()
+        raise
+    return True
+
+
+def stop_ray(leftovers: Iterable[Any] = ()) -> None:
+    """Shut down (or detach from) Ray; its actors end with it. ``leftovers``: processes of a private Ray to end if
+    still alive (its agents and workers can outlive the raylet for seconds, reparented away from this process)."""
+    interrupt.remove_cleanup(stop_ray)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    interrupt.end_processes(list(leftovers), timeout=2.0)
+
+
+def _probe(address: str) -> None:
+    """A TCP connection to the cluster's address, so that nobody waits for Ray's retries to learn it is wrong."""
+    key, target = f'sim.ray_address = "{address}"', address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            target = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError:
+            raise ConfigError(f"{key}: no running Ray cluster found on this host; {NO_CLUSTER}") from None
+        except Exception as err:  # noqa: BLE001 - Ray's private helper changed: leave it to the bounded attach
+            log.debug("cannot resolve the 'auto' Ray address: %s", err)
+            return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f'{key}: expected "auto" or host:port (the address `ray start --head` prints)')
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err)).lower()
+        raise ConfigError(f"{key}: nothing answers at {target} ({reason}); check the head's address, or "
+                          f"{NO_CLUSTER}") from None
+
+
+def _attach(address: str, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` on a cluster address, bounded: at an address that accepts connections but is no Ray head, Ray
+    retries for many minutes. A thread may attach (it starts no processes); a stuck one is left behind."""
+    import ray
+
+    failure: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            failure.append(err)
+
+    t = threading.Thread(target=attach, name="fedunlearn-ray-attach", daemon=True)
+    t.start()
+    t.join(ATTACH_TIMEOUT_S)
+    key = f'sim.ray_address = "{address}"'
+    if t.is_alive():
+        raise ConfigError(f"{key}: no Ray cluster answered within {ATTACH_TIMEOUT_S:.0f} s; check that it is a Ray "
+                          f"head's address (`ray start --head` prints it), or {NO_CLUSTER}")
+    if failure:
+        first = (str(failure[0]).splitlines() or [""])[0]
+        raise ConfigError(f"{key}: Ray could not attach ({type(failure[0]).__name__}: {first}); {NO_CLUSTER}")
+
+
+def _check_resources(cfg: ExperimentConfig) -> None:
+    """Flower sizes its actor pool per node; when no node fits one client it fails in the runtime's thread while
+    the ServerApp waits on. The same per-node check, as one line naming the key."""
+    import ray
+
+    need = {"sim.num_cpus": cfg.sim.num_cpus, "sim.num_gpus": cfg.sim.num_gpus}
+    nodes = [(r.get("CPU", 0), r.get("GPU", 0)) for r in (n["Resources"] for n in ray.nodes() if n.get("Alive"))]
+    if any(c >= need["sim.num_cpus"] and g >= need["sim.num_gpus"] for c, g in nodes):
+        return
+    most = dict(zip(need, (max(x, default=0) for x in zip(*nodes)))) if nodes else dict.fromkeys(need, 0)
+    short = [k for k in need if need[k] > most[k]] or list(need)  # no node has both: name both
+    allowed = " and ".join(f"{k} <= {most[k]:g}" for k in short)
+    raise ConfigError(f"{' with '.join(f'{k} = {need[k]:g}' for k in short)}: no Ray node can host one client "
+                      f"({len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and {most['sim.num_gpus']:g} "
+                      f"GPUs on one); allowed: {allowed}")
+
+
 class RayMemorySampler:
     """Peak resident memory of this host's Ray processes while a simulation runs (sampled every ``interval`` s).
 
@@ -68,6 +200,7 @@ class RayMemorySampler:
         self.interval = interval
         self.peak: dict[str, int] = {"workers": 0, "daemons": 0}
         self.samples = 0
+        self.processes: dict[int, Any] = {}  # every Ray process seen on this host (pid -> psutil process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedunlearn-ray-memory", daemon=True)
         self._raylet: Any = None
@@ -121,6 +254,7 @@ class RayMemorySampler:
             if p.pid in seen:
                 continue
             seen.add(p.pid)
+            self.processes.setdefault(p.pid, p)
             try:
                 rss = p.memory_info().rss
                 title = (p.cmdline() or [""])[0]
@@ -194,10 +328,19 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     flwr_log.setLevel(logging.WARNING)
     flwr_log.addFilter(_drop_deprecation)
     job = SimulationJob(cfg, run_dir, progress)
-    with RayMemorySampler() as sampler:
-        run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
-                       backend_config=backend_config(cfg), verbose_logging=False)
-    job.memory = sampler.result_mb()
+    started = start_ray(cfg)
+    sampler = RayMemorySampler()
+    try:
+        with sampler:
+            try:
+                run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
+                               backend_config=backend_config(cfg), verbose_logging=False)
+            finally:
+                job.ended.set()  # a ServerApp still waiting (the runtime crashed) stops instead of hanging the exit
+        job.memory = sampler.result_mb()
+    finally:
+        if started:  # the processes of a private Ray, as the sampler saw them, end with it
+            stop_ray(sampler.processes.values() if not cfg.sim.ray_address else ())
     if job.error is not None:
         raise job.error
     from fedunlearn.rundir import fl_finished
