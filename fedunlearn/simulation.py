@@ -180,11 +180,13 @@ def _check_resources(cfg: ExperimentConfig) -> None:
     if any(c >= need["sim.num_cpus"] and g >= need["sim.num_gpus"] for c, g in nodes):
         return
     most = dict(zip(need, (max(x, default=0) for x in zip(*nodes)))) if nodes else dict.fromkeys(need, 0)
-    short = [k for k in need if need[k] > most[k]] or list(need)  # no node has both: name both
-    allowed = " and ".join(f"{k} <= {most[k]:g}" for k in short)
-    raise ConfigError(f"{' with '.join(f'{k} = {need[k]:g}' for k in short)}: no Ray node can host one client "
-                      f"({len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and {most['sim.num_gpus']:g} "
-                      f"GPUs on one); allowed: {allowed}")
+    short = [k for k in need if need[k] > most[k]]
+    where = f"{len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and {most['sim.num_gpus']:g} GPUs on one"
+    if not short:  # each fits some node, both none
+        raise ConfigError(f"sim.num_cpus = {need['sim.num_cpus']:g} with sim.num_gpus = {need['sim.num_gpus']:g}: "
+                          f"no single Ray node has both ({where}); lower one of them")
+    raise ConfigError(f"{short[0]} = {need[short[0]]:g}: no Ray node can host one client ({where}); allowed: "
+                      + " and ".join(f"{k} <= {most[k]:g}" for k in short))
 
 
 class RayMemorySampler:
