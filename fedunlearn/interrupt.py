@@ -2,13 +2,15 @@
 
 ``fedunlearn run`` calls ``handle_signals``. The first signal only sets a flag: the ServerApp checks it while it
 waits for replies and the CLI at every round (``check`` raises ``Interrupted``), so the run unwinds at a message
-boundary and Flower stops its runtime and actors. If the process is still there ``grace_s`` later, or on a second
-signal, it exits at once: the registered cleanups (Ray's shutdown) get ``CLEANUP_S``, the processes it started are
-killed, and the exit code is 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). Either way the run directory is as
-consistent as after a crash, which ``--resume`` already continues: every result file is written atomically and
-``phases.json`` records the finished phases.
+boundary and Flower stops its runtime and actors; the CLI then exits through ``force_exit``. If the process is still
+there ``grace_s`` after the signal, or on a second signal, ``force_exit`` runs at once, wherever the run is. It gives
+the cleanups (Ray's shutdown) ``CLEANUP_S``, ends the processes this one started, says the resume line and exits
+with 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). Either way the run directory is as consistent as after a
+crash, which ``--resume`` continues: every result file is written atomically and ``phases.json`` records the
+finished phases.
 
-Signals are process-wide, so this state is too (one run per process is what the CLI does).
+Signals are process-wide, so this state is too (one run per process is what the CLI does). A SIGTERM inside
+``ray.init`` (the first seconds of a run on Ray) is still Ray's own: it ends the process at once, without the line.
 """
 
 from __future__ import annotations
@@ -35,19 +37,10 @@ class Interrupted(BaseException):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
 
 _signum: list[int] = []          # the first signal received (empty: none)
 _cleanups: list[Callable[[], None]] = []
 _exit_lock = threading.RLock()  # re-entrant: a second signal may land in the main thread while it exits
-
-
-def requested() -> int | None:
-    """The signal that asked this process to stop, or None."""
-    return _signum[0] if _signum else None
 
 
 def check() -> None:

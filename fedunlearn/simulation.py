@@ -2,9 +2,8 @@
 
 All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process: it is built
 for the prepared run (``strategies.server_app.make_app(job)``), and the failed methods or an error come back in the
-job. Ray is started (or attached to) here, before the simulation, so that a wrong address or client resources no
-node has are one line within seconds, not a hang (``start_ray``); the Ray this module started is shut down here.
-"""
+job. Ray is started (or attached to) before the simulation, so that a bad address or client resources no node has
+are one line at once, not a hang (``start_ray``); the Ray this module started is shut down here."""
 
 from __future__ import annotations
 
@@ -24,10 +23,8 @@ from fedunlearn.config import ExperimentConfig
 from fedunlearn.errors import ConfigError
 
 log = logging.getLogger(__name__)
-#: attaching to a running cluster takes 1-3 s; Ray itself retries an address that does not answer for many minutes
-ATTACH_TIMEOUT_S = 30.0
-#: a TCP connection to the cluster's address, tried before Ray is asked to attach
-PROBE_TIMEOUT_S = 5.0
+ATTACH_TIMEOUT_S = 30.0  # attaching takes 1-3 s; Ray retries an address that does not answer for many minutes
+PROBE_TIMEOUT_S = 5.0    # a TCP connection to the cluster's address, tried before Ray is asked to attach
 NO_CLUSTER = "start one with `ray start --head`, or leave sim.ray_address empty for a private local Ray"
 
 
@@ -53,8 +50,9 @@ class SimulationJob:
 
 
 def _drop_deprecation(record: logging.LogRecord) -> bool:
-    """``run_simulation`` warns that it is deprecated in favour of ``flwr run``; we support both on purpose."""
-    return "DEPRECATED FEATURE" not in record.getMessage()
+    """``run_simulation`` warns that it is deprecated in favour of ``flwr run`` (we support both on purpose); Ray
+    notes that it set no SIGTERM handler when attached from a thread (ours is the one wanted)."""
+    return not any(note in record.getMessage() for note in ("DEPRECATED FEATURE", "SIGTERM handler is not set"))
 
 
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -79,9 +77,8 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def start_ray(cfg: ExperimentConfig) -> bool:
     """Start a private Ray or attach to ``sim.ray_address`` as Flower's backend would (it skips its ``ray.init``
-    when Ray is up), then check that a node can host one client. True if this call started Ray (and must stop it).
-    Failures are a ``ConfigError`` within seconds: Ray retries a silent address for many minutes, and the
-    ServerApp thread, waiting for nodes that never come, kept the process alive after the runtime gave up."""
+    if Ray is up), and check that a node can host a client; True if it started Ray. A failure is a ``ConfigError``
+    at once: Ray retries a silent address for minutes, and a runtime that failed left the ServerApp waiting."""
     import ray
 
     if ray.is_initialized():
@@ -91,15 +88,18 @@ def start_ray(cfg: ExperimentConfig) -> bool:
     os.environ["PYTHONPATH"] = pythonpath
     kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, "logging_level": "WARNING",
               **backend_config(cfg)["init_args"]}
-    if cfg.sim.ray_address:
-        _probe(cfg.sim.ray_address)
-        _attach(cfg.sim.ray_address, kwargs)
-    else:
-        handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
-        ray.init(**kwargs)  # in the main thread: the daemons it starts die with the thread that started them
-        for s, h in handlers.items():  # Ray takes SIGTERM (in Python and in its C++ core); a caller's handler
-            if callable(h):            # comes back (set again even where Python's own table still shows it)
-                signal.signal(s, h)
+    handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    try:
+        if cfg.sim.ray_address:
+            _probe(cfg.sim.ray_address)
+            _attach(cfg.sim.ray_address, kwargs)
+        else:
+            ray.init(**kwargs)  # in the main thread: the daemons it starts die with the thread that started them
+    finally:  # Ray takes SIGTERM (in Python, and in its C++ core even from another thread): a caller's handler
+        if threading.current_thread() is threading.main_thread():  # comes back, set again even where Python's
+            for s, h in handlers.items():                          # own table still shows it
+                if callable(h):
+                    signal.signal(s, h)
     interrupt.add_cleanup(stop_ray)
     try:
         _check_resources(cfg)
@@ -150,6 +150,7 @@ def _attach(address: str, kwargs: dict[str, Any]) -> None:
     retries for many minutes. A thread may attach (it starts no processes); a stuck one is left behind."""
     import ray
 
+    logging.getLogger("ray._private.worker").addFilter(_drop_deprecation)
     failure: list[BaseException] = []
 
     def attach() -> None:
@@ -158,10 +159,9 @@ def _attach(address: str, kwargs: dict[str, Any]) -> None:
         except BaseException as err:  # noqa: BLE001 - handed to the caller
             failure.append(err)
 
-    t = threading.Thread(target=attach, name="fedunlearn-ray-attach", daemon=True)
+    t, key = threading.Thread(target=attach, name="ray-attach", daemon=True), f'sim.ray_address = "{address}"'
     t.start()
     t.join(ATTACH_TIMEOUT_S)
-    key = f'sim.ray_address = "{address}"'
     if t.is_alive():
         raise ConfigError(f"{key}: no Ray cluster answered within {ATTACH_TIMEOUT_S:.0f} s; check that it is a Ray "
                           f"head's address (`ray start --head` prints it), or {NO_CLUSTER}")
@@ -180,13 +180,11 @@ def _check_resources(cfg: ExperimentConfig) -> None:
     if any(c >= need["sim.num_cpus"] and g >= need["sim.num_gpus"] for c, g in nodes):
         return
     most = dict(zip(need, (max(x, default=0) for x in zip(*nodes)))) if nodes else dict.fromkeys(need, 0)
-    short = [k for k in need if need[k] > most[k]]
-    where = f"{len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and {most['sim.num_gpus']:g} GPUs on one"
-    if not short:  # each fits some node, both none
-        raise ConfigError(f"sim.num_cpus = {need['sim.num_cpus']:g} with sim.num_gpus = {need['sim.num_gpus']:g}: "
-                          f"no single Ray node has both ({where}); lower one of them")
-    raise ConfigError(f"{short[0]} = {need[short[0]]:g}: no Ray node can host one client ({where}); allowed: "
-                      + " and ".join(f"{k} <= {most[k]:g}" for k in short))
+    short = [k for k in need if need[k] > most[k]]  # none: each fits some node, no node both
+    fix = f"allowed: {' and '.join(f'{k} <= {most[k]:g}' for k in short)}" if short else "no node has both"
+    raise ConfigError(f"{' with '.join(f'{k} = {need[k]:g}' for k in short or need)}: no Ray node can host one "
+                      f"client ({len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and "
+                      f"{most['sim.num_gpus']:g} GPUs on one); {fix}")
 
 
 class RayMemorySampler:

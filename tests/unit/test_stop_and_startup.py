@@ -89,7 +89,8 @@ def test_auto_without_a_cluster_is_one_line(monkeypatch) -> None:
     (["sim.num_cpus=64"], r"^sim.num_cpus = 64: no Ray node can host one client \(2 node\(s\), at most 4 CPUs and "
                           r"1 GPUs on one\); allowed: sim.num_cpus <= 4$"),
     (["sim.num_gpus=2"], r"^sim.num_gpus = 2: no Ray node can host one client .* allowed: sim.num_gpus <= 1$"),
-    (["sim.num_cpus=3", "sim.num_gpus=1"], r"^sim.num_cpus = 3 with sim.num_gpus = 1: no single Ray node has both"),
+    (["sim.num_cpus=3", "sim.num_gpus=1"],
+     r"^sim.num_cpus = 3 with sim.num_gpus = 1: no Ray node can host one client .*; no node has both$"),
 ])
 def test_client_resources_no_node_has_are_one_line(monkeypatch, settings: list[str], message: str) -> None:
     import ray
