@@ -4,7 +4,9 @@ a runtime environment with ``uv sync``, then runs the quickstart).
 The command is the README's word for word; the environment only isolates it: Flower's home is a temporary
 directory (FLWR_HOME), so the SuperLink `flwr run` starts and leaves behind is ours alone and is stopped by its own
 process id, and the virtual environment's bin is on PATH (as after `source .venv/bin/activate`). `flwr run` exits 0
-once the run is submitted, whatever becomes of it, so the outcome is read with `flwr ls`."""
+once the run is submitted, whatever becomes of it, so the outcome is read with `flwr ls`. The wrong-size check uses
+the installed environment (FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1, as the README offers): it is about our
+ServerApp, not Flower's installer."""
 
 from __future__ import annotations
 
@@ -40,16 +42,20 @@ def _stop(pids: list[int]) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def flwr_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+@pytest.fixture
+def flwr_env(tmp_path: Path, request) -> Iterator[dict[str, str]]:
+    """Flower's environment for one test, its SuperLink stopped after it; ``install`` (the default, as for a
+    fresh user): Flower installs the app's dependencies for each run."""
     if shutil.which("pgrep") is None:
         pytest.skip("needs pgrep to stop the SuperLink that `flwr run` starts")
     if _pids("flower-superlink"):
         pytest.skip("a SuperLink already runs on this host: `flwr run` would use it, or collide on its ports")
-    home = tmp_path_factory.mktemp("flwr-home")
+    home = tmp_path / "flwr-home"
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)  # a fresh user's setting
+    env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
+    if getattr(request, "param", "install") != "install":
+        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     try:
         yield env
     finally:
@@ -115,6 +121,7 @@ def test_readme_command_runs_the_quickstart(flwr_env: dict[str, str]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+@pytest.mark.parametrize("flwr_env", ["installed"], indirect=True)  # the installed environment: quicker
 def test_wrong_federation_size_is_one_line_in_seconds(flwr_env: dict[str, str]) -> None:
     """Flower's default federation (2 nodes) for the quickstart's 10 clients: the run fails once the node count has
     settled (it waited 180 s before, then logged a traceback), with one line naming the fix."""
@@ -122,12 +129,12 @@ def test_wrong_federation_size_is_one_line_in_seconds(flwr_env: dict[str, str]) 
     res = _flwr(flwr_env, "run", ".", "--stream", timeout=400)
     run_id = _started(res)
     status = _status(flwr_env, run_id, timeout=120)
-    assert status["status"] == "finished:failed"
     fix = 'data.clients = 10 but the Flower federation has 2 nodes; run `flwr run . --federation-config ' \
           '"num-supernodes=10"`'
-    assert fix in status["status-details"]
+    assert status["status"] == "finished:failed" and fix in status["status-details"], (status, res.stdout[-3000:])
     lines = [line for line in res.stdout.splitlines() if fix in line]
     assert len(lines) == 1 and "Traceback" not in res.stdout, res.stdout[-3000:]
-    # the runtime's start (dependency install, imports, Ray) included: far below the old 180 s wait for nodes
-    assert status["elapsed"] < 150, status
+    # the runtime's start (imports, Ray) included: far below the old 180 s wait for nodes
+    print(f"wrong federation size: the run failed after {status['elapsed']:.1f} s")
+    assert status["elapsed"] < 100, status
     assert {p.name for p in (ROOT / "runs").glob("quickstart-*")} == before  # nothing written
