@@ -25,7 +25,8 @@ from fedunlearn.errors import ConfigError
 log = logging.getLogger(__name__)
 ATTACH_TIMEOUT_S = 30.0  # attaching takes 1-3 s; Ray retries an address that does not answer for many minutes
 PROBE_TIMEOUT_S = 5.0    # a TCP connection to the cluster's address, tried before Ray is asked to attach
-NO_CLUSTER = "start one with `ray start --head`, or leave sim.ray_address empty for a private local Ray"
+PRIVATE = "or leave sim.ray_address empty for a private local Ray"
+CHECK = f"check the address `ray start --head` printed, {PRIVATE}"
 
 
 class RuntimeEnded(BaseException):
@@ -130,7 +131,8 @@ def _probe(address: str) -> None:
         try:
             target = canonicalize_bootstrap_address_or_die("auto")
         except ConnectionError:
-            raise ConfigError(f"{key}: no running Ray cluster found on this host; {NO_CLUSTER}") from None
+            raise ConfigError(f"{key}: no running Ray cluster found on this host; start one with `ray start --head`, "
+                              f"{PRIVATE}") from None
         except Exception as err:  # noqa: BLE001 - Ray's private helper changed: leave it to the bounded attach
             log.debug("cannot resolve the 'auto' Ray address: %s", err)
             return
@@ -141,8 +143,7 @@ def _probe(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err)).lower()
-        raise ConfigError(f"{key}: nothing answers at {target} ({reason}); check the head's address, or "
-                          f"{NO_CLUSTER}") from None
+        raise ConfigError(f"{key}: nothing answers at {target} ({reason}); {CHECK}") from None
 
 
 def _attach(address: str, kwargs: dict[str, Any]) -> None:
@@ -163,11 +164,10 @@ def _attach(address: str, kwargs: dict[str, Any]) -> None:
     t.start()
     t.join(ATTACH_TIMEOUT_S)
     if t.is_alive():
-        raise ConfigError(f"{key}: no Ray cluster answered within {ATTACH_TIMEOUT_S:.0f} s; check that it is a Ray "
-                          f"head's address (`ray start --head` prints it), or {NO_CLUSTER}")
+        raise ConfigError(f"{key}: no Ray cluster answered within {ATTACH_TIMEOUT_S:.0f} s; {CHECK}")
     if failure:
         first = (str(failure[0]).splitlines() or [""])[0]
-        raise ConfigError(f"{key}: Ray could not attach ({type(failure[0]).__name__}: {first}); {NO_CLUSTER}")
+        raise ConfigError(f"{key}: Ray could not attach ({type(failure[0]).__name__}: {first}); {CHECK}")
 
 
 def _check_resources(cfg: ExperimentConfig) -> None:
