@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from fedunlearn import interrupt
 from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.rundir import RunDir
 from fedunlearn.terminal import PhaseProgress, make_console, rich_table
@@ -46,6 +48,17 @@ def _fail(err: Exception) -> None:
 MAX_CLIENT_ROWS = 24
 
 
+def _stopped_line(run_dir: Path, signum: int) -> None:
+    """The one line an interrupted run ends with: how to continue it. Written straight to the stderr descriptor,
+    so that it gets out before a forced ``os._exit`` and past the progress display."""
+    name = signal.Signals(signum).name
+    if (run_dir / "config.toml").is_file():
+        line = f"interrupted ({name}); continue with: fedunlearn run --resume {run_dir}"
+    else:
+        line = f"interrupted ({name}) before {run_dir} was created; nothing to resume: run the same command again"
+    os.write(2, (("\n" if sys.stderr.isatty() else "") + line + "\n").encode())
+
+
 def _print_summary(summary: dict, run_dir: Path) -> None:
     """The result tables (utility and cost, one per attack, per-client AUC), the same cells as report.md's."""
     import csv
@@ -73,11 +86,13 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run one experiment: train, withdraw, unlearn, retrain, audit, report.
+    """Run one experiment: train, withdraw, unlearn, retrain, audit, report. Ctrl-C or SIGTERM stops it within
+    seconds (exit 130 / 143) with the line that resumes it.
 
     CONFIG is the experiment's TOML file (e.g. experiments/quickstart.toml); without it the built-in defaults run,
     and --set overrides any key of either."""
     from fedunlearn.config.load import load_config
+    from fedunlearn.rundir import default_run_dir
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -97,18 +112,29 @@ def run(
                 check_out_dir(out)
             else:
                 check_place(Path("runs"), "runs directory")
-        from fedunlearn.pipeline import run as run_experiment  # torch and Ray's glue: after the config is valid
+        from fedunlearn.engine.session import load_run_config  # torch and Ray's glue: after the config is valid
+        from fedunlearn.pipeline import run as run_experiment
+
         if resume is None and config is None and console.is_terminal:  # someone at a terminal forgot CONFIG
             console.print("config: none given, running the built-in defaults (every key of "
                           "fedunlearn/config/schema.py) with --set; pass a TOML file to run an experiment of yours, "
                           "e.g. experiments/quickstart.toml", highlight=False, soft_wrap=True)
+        cfg = cfg if cfg is not None else load_run_config(resume)
+        run_dir = resume if resume is not None else (out or default_run_dir(cfg.name))  # named now: to say it
+        with interrupt.handle_signals(lambda signum: _stopped_line(run_dir, signum)) as stopped, \
+                PhaseProgress(console) as progress:
 
-        with PhaseProgress(console) as progress:
-            if resume is not None:
-                from fedunlearn.engine.session import load_run_config
+            def on_round(phase: str, rnd: int, total: int) -> None:
+                interrupt.check()  # a stop asked for by a signal ends the run here, at a round's end
+                progress(phase, rnd, total)
 
-                cfg = load_run_config(resume)
-            result = run_experiment(cfg, out=out, resume=resume, progress=progress)  # type: ignore[arg-type]
+            try:
+                result = run_experiment(cfg, out=None if resume is not None else run_dir, resume=resume,
+                                        progress=on_round)
+            except interrupt.Interrupted as stop:  # unwound at a boundary; the exit is the forced one's, sooner
+                progress.stop()
+                sys.stdout.flush()
+                interrupt.force_exit(stop.signum, stopped)
     except FedUnlearnError as err:
         _fail(err)
         return

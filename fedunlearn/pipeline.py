@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from fedunlearn.config.schema import ExperimentConfig
 from fedunlearn.engine.inprocess import run_phases_inprocess
 from fedunlearn.engine.replicas import train_seed_runs
 from fedunlearn.engine.session import Progress, load_run_config, prepare_run
+from fedunlearn.errors import ConfigError
 from fedunlearn.io import atomic_write_json
 from fedunlearn.rundir import RunDir
 from fedunlearn.simulation import run_flower
@@ -60,7 +62,12 @@ def run(cfg: ExperimentConfig, out: str | Path | None = None, resume: str | Path
     if cfg.sim.backend == "inprocess":
         failed = run_phases_inprocess(cfg, run_dir, progress)
     else:
-        job = run_flower(cfg, run_dir, progress)
+        try:
+            job = run_flower(cfg, run_dir, progress)
+        except ConfigError:  # Ray's address or client resources: bad input leaves no new run directory behind
+            if resume is None and not RunDir(run_dir).phases.exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         failed, memory = job.failed, job.memory
     summary = finish_run(run_dir, failed, progress)
     _record_peak_memory(run_dir, memory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import tomllib
@@ -137,6 +138,8 @@ def read_config(run_dir: str | Path) -> ExperimentConfig:
         return ExperimentConfig.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"run directory: {path} is not a valid fedunlearn config ({err})") from None
+
+
 def run_failures(run_dir: str | Path) -> dict[str, str]:
     """Methods that failed during the run (name -> reason), as ``phases.json`` recorded them."""
     path = Path(run_dir) / PHASES_FILE
@@ -226,3 +229,7 @@ def check_out_dir(path: str | Path, what: str = "--out") -> None:
     if path.is_dir() and any(path.iterdir()):
         raise ConfigError(f"{what}: {path} exists and is not empty; use --resume {path} to continue it")
     check_place(path.parent, what, path)
+def default_run_dir(name: str) -> Path:
+    """Where a run goes without ``--out``: ``runs/<name>-<YYYYmmdd-HHMMSS>`` (the CLI names it before the run starts,
+    so an interrupted run can say which directory to resume)."""
+    return Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"

@@ -2,29 +2,39 @@
 
 All FL phases run inside one simulation (one Ray start). The ServerApp runs as a thread of this process: it is built
 for the prepared run's session (``strategies.server_app.make_app(session)``), and the failed methods or an error
-come back in the session.
-"""
+come back in the session. Ray is started (or attached to) before the simulation, so that a bad address or client
+resources no node has are one line at once, not a hang (``start_ray``); the Ray this module started is shut down
+here."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fedunlearn import interrupt
 from fedunlearn.config.schema import ExperimentConfig
 from fedunlearn.engine.session import Session
-from fedunlearn.errors import FedUnlearnError
+from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.rundir import fl_finished
 
 log = logging.getLogger(__name__)
+ATTACH_TIMEOUT_S = 30.0  # attaching takes 1-3 s; Ray retries an address that does not answer for many minutes
+PROBE_TIMEOUT_S = 5.0    # a TCP connection to the cluster's address, tried before Ray is asked to attach
+PRIVATE = "or leave sim.ray_address empty for a private local Ray"
+CHECK = f"check the address `ray start --head` printed, {PRIVATE}"
 
 
 def _drop_deprecation(record: logging.LogRecord) -> bool:
-    """``run_simulation`` warns that it is deprecated in favour of ``flwr run``; we support both on purpose."""
-    return "DEPRECATED FEATURE" not in record.getMessage()
+    """``run_simulation`` warns that it is deprecated in favour of ``flwr run`` (we support both on purpose); Ray
+    notes that it set no SIGTERM handler when attached from a thread (ours is the one wanted)."""
+    return not any(note in record.getMessage() for note in ("DEPRECATED FEATURE", "SIGTERM handler is not set"))
 
 
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -47,6 +57,117 @@ def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
             "init_args": init_args}
 
 
+def start_ray(cfg: ExperimentConfig) -> bool:
+    """Start a private Ray or attach to ``sim.ray_address`` as Flower's backend would (it skips its ``ray.init``
+    if Ray is up), and check that a node can host a client; True if it started Ray. A failure is a ``ConfigError``
+    at once: Ray retries a silent address for minutes, and a runtime that failed left the ServerApp waiting."""
+    import ray
+
+    if ray.is_initialized():
+        _check_resources(cfg)
+        return False
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])  # as Flower's backend
+    os.environ["PYTHONPATH"] = pythonpath
+    kwargs = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, "logging_level": "WARNING",
+              **backend_config(cfg)["init_args"]}
+    handlers = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
+    try:
+        if cfg.sim.ray_address:
+            _probe(cfg.sim.ray_address)
+            _attach(cfg.sim.ray_address, kwargs)
+        else:
+            ray.init(**kwargs)  # in the main thread: the daemons it starts die with the thread that started them
+    finally:  # Ray takes SIGTERM (in Python, and in its C++ core even from another thread): a caller's handler
+        if threading.current_thread() is threading.main_thread():  # comes back, set again even where Python's
+            for s, h in handlers.items():                          # own table still shows it
+                if callable(h):
+                    signal.signal(s, h)
+    interrupt.add_cleanup(stop_ray)
+    try:
+        _check_resources(cfg)
+    except ConfigError:
+        stop_ray()
+        raise
+    return True
+
+
+def stop_ray(leftovers: Iterable[Any] = ()) -> None:
+    """Shut down (or detach from) Ray; its actors end with it. ``leftovers``: processes of a private Ray to end if
+    still alive (its agents and workers can outlive the raylet for seconds, reparented away from this process)."""
+    interrupt.remove_cleanup(stop_ray)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    interrupt.end_processes(list(leftovers), timeout=2.0)
+
+
+def _probe(address: str) -> None:
+    """A TCP connection to the cluster's address, so that nobody waits for Ray's retries to learn it is wrong."""
+    key, target = f'sim.ray_address = "{address}"', address
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            target = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError:
+            raise ConfigError(f"{key}: no running Ray cluster found on this host; start one with `ray start --head`, "
+                              f"{PRIVATE}") from None
+        except Exception as err:  # noqa: BLE001 - Ray's private helper changed: leave it to the bounded attach
+            log.debug("cannot resolve the 'auto' Ray address: %s", err)
+            return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f'{key}: expected "auto" or host:port (the address `ray start --head` prints)')
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err)).lower()
+        raise ConfigError(f"{key}: nothing answers at {target} ({reason}); {CHECK}") from None
+
+
+def _attach(address: str, kwargs: dict[str, Any]) -> None:
+    """``ray.init`` on a cluster address, bounded: at an address that accepts connections but is no Ray head, Ray
+    retries for many minutes. A thread may attach (it starts no processes); a stuck one is left behind."""
+    import ray
+
+    logging.getLogger("ray._private.worker").addFilter(_drop_deprecation)
+    failure: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            failure.append(err)
+
+    t, key = threading.Thread(target=attach, name="ray-attach", daemon=True), f'sim.ray_address = "{address}"'
+    t.start()
+    t.join(ATTACH_TIMEOUT_S)
+    if t.is_alive():
+        raise ConfigError(f"{key}: no Ray cluster answered within {ATTACH_TIMEOUT_S:.0f} s; {CHECK}")
+    if failure:
+        first = (str(failure[0]).splitlines() or [""])[0]
+        raise ConfigError(f"{key}: Ray could not attach ({type(failure[0]).__name__}: {first}); {CHECK}")
+
+
+def _check_resources(cfg: ExperimentConfig) -> None:
+    """Flower sizes its actor pool per node; when no node fits one client it fails in the runtime's thread while
+    the ServerApp waits on. The same per-node check, as one line naming the key."""
+    import ray
+
+    need = {"sim.num_cpus": cfg.sim.num_cpus, "sim.num_gpus": cfg.sim.num_gpus}
+    nodes = [(r.get("CPU", 0), r.get("GPU", 0)) for r in (n["Resources"] for n in ray.nodes() if n.get("Alive"))]
+    if any(c >= need["sim.num_cpus"] and g >= need["sim.num_gpus"] for c, g in nodes):
+        return
+    most = dict(zip(need, (max(x, default=0) for x in zip(*nodes)))) if nodes else dict.fromkeys(need, 0)
+    short = [k for k in need if need[k] > most[k]]  # none: each fits some node, no node both
+    fix = f"allowed: {' and '.join(f'{k} <= {most[k]:g}' for k in short)}" if short else "no node has both"
+    raise ConfigError(f"{' with '.join(f'{k} = {need[k]:g}' for k in short or need)}: no Ray node can host one "
+                      f"client ({len(nodes)} node(s), at most {most['sim.num_cpus']:g} CPUs and "
+                      f"{most['sim.num_gpus']:g} GPUs on one); {fix}")
+
+
 class RayMemorySampler:
     """Peak resident memory of this host's Ray processes while a simulation runs (sampled every ``interval`` s).
 
@@ -60,6 +181,7 @@ class RayMemorySampler:
         self.interval = interval
         self.peak: dict[str, int] = {"workers": 0, "daemons": 0}
         self.samples = 0
+        self.processes: dict[int, Any] = {}  # every Ray process seen on this host (pid -> psutil process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedunlearn-ray-memory", daemon=True)
         self._raylet: Any = None
@@ -113,6 +235,7 @@ class RayMemorySampler:
             if p.pid in seen:
                 continue
             seen.add(p.pid)
+            self.processes.setdefault(p.pid, p)
             try:
                 rss = p.memory_info().rss
                 title = (p.cmdline() or [""])[0]
@@ -186,10 +309,19 @@ def run_flower(cfg: ExperimentConfig, run_dir: Path,
     flwr_log.setLevel(logging.WARNING)
     flwr_log.addFilter(_drop_deprecation)
     job = Session(cfg, run_dir, progress)
-    with RayMemorySampler() as sampler:
-        run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
-                       backend_config=backend_config(cfg), verbose_logging=False)
-    job.memory = sampler.result_mb()
+    started = start_ray(cfg)
+    sampler = RayMemorySampler()
+    try:
+        with sampler:
+            try:
+                run_simulation(server_app=make_app(job), client_app=client_app, num_supernodes=cfg.data.clients,
+                               backend_config=backend_config(cfg), verbose_logging=False)
+            finally:
+                job.ended.set()  # a ServerApp still waiting (the runtime crashed) stops instead of hanging the exit
+        job.memory = sampler.result_mb()
+    finally:
+        if started:  # the processes of a private Ray, as the sampler saw them, end with it
+            stop_ray(sampler.processes.values() if not cfg.sim.ray_address else ())
     if job.error is not None:
         raise job.error
     if not fl_finished(run_dir):

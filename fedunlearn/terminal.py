@@ -84,6 +84,11 @@ class PhaseProgress:
         if self.progress is not None:
             self.progress.stop()
 
+    def stop(self) -> None:
+        """Stop the live display at once (an interrupt: the resume line must not be drawn over)."""
+        if self.progress is not None:
+            self.progress.stop()
+
     def __call__(self, phase: str, rnd: int, total: int) -> None:
         group = phase.split(".")[0]
         if group != self.group:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from clients.records import from_arrays, message_type, parse_reply, request_content, to_arrays
-from fedunlearn.errors import FedUnlearnError
+from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.fl.fedavg import FedAvgRounds
 from fedunlearn.fl.protocol import ClientReply, Records, Scalar
 from fedunlearn.fl.session import ServerContext
@@ -19,20 +20,30 @@ from strategies.withdrawal_fedavg import WithdrawalFedAvg
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 3600.0
+#: seconds a short node count must stay unchanged to be taken as the federation's size
+SETTLE_S = 5.0
 
 
-def wait_for_nodes(grid: Grid, n: int, timeout: float = 180.0) -> list[int]:
-    """The ServerApp starts before the virtual nodes register: wait until all ``n`` are there (a federation of
-    another size is reported after ``timeout``, naming the fix)."""
-    t0 = time.monotonic()
+def wait_for_nodes(grid: Grid, n: int, timeout: float = 180.0, settle: float = SETTLE_S,
+                   check: Callable[[], None] | None = None) -> list[int]:
+    """The ServerApp starts before the virtual nodes register: wait until all ``n`` are there. The simulation
+    registers its nodes all at once, so a count that stays short for ``settle`` s is the federation's size: a
+    federation of another size is reported then, naming the fix (``timeout`` bounds a count that keeps moving).
+    ``check`` is called while waiting (it raises to stop)."""
+    t0 = last_change = time.monotonic()
+    count = -1
     while True:
         nodes = sorted(grid.get_node_ids())
         if len(nodes) >= n:
             return nodes
-        if time.monotonic() - t0 > timeout:
-            raise FedUnlearnError(f"only {len(nodes)} of {n} Flower nodes (data.clients = {n}) registered after "
-                                  f"{timeout:.0f}s; with `flwr run` set the federation size: "
-                                  f'--federation-config "num-supernodes={n}"')
+        now = time.monotonic()
+        if len(nodes) != count:
+            count, last_change = len(nodes), now
+        if now - last_change > settle or now - t0 > timeout:
+            raise ConfigError(f"data.clients = {n} but the Flower federation has {len(nodes)} nodes; run "
+                              f'`flwr run . --federation-config "num-supernodes={n}"` (or set data.clients)')
+        if check is not None:
+            check()
         time.sleep(0.2)
 
 

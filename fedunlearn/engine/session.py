@@ -11,6 +11,7 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from fedunlearn import interrupt
 from fedunlearn.config.load import load_config
 from fedunlearn.config.render import to_toml
 from fedunlearn.config.schema import ExperimentConfig
@@ -31,7 +33,7 @@ from fedunlearn.ledgers.access import AccessLog, WithdrawalWindow
 from fedunlearn.ledgers.costs import CostLedger
 from fedunlearn.methods import METHODS
 from fedunlearn.models import Weights, build_model, get_weights, load_weights, resolve_device, save_weights, set_weights
-from fedunlearn.rundir import INITIAL, RunDir
+from fedunlearn.rundir import INITIAL, RunDir, default_run_dir
 from fedunlearn.training import evaluate
 
 Progress = Callable[[str, int, int], None]
@@ -52,6 +54,17 @@ class Session:
     error: BaseException | None = None
     memory: dict[str, float] = field(default_factory=dict)   # peak RSS (MB) of the Ray processes on this host
     started: float = field(default_factory=time.perf_counter)  # start-up is measured from here (ledger "startup")
+    ended: threading.Event = field(default_factory=threading.Event)  # set when the simulation runtime has returned
+
+    def check_stop(self) -> None:
+        """Raise if the ServerApp must stop waiting: a signal asked the run to stop, or the runtime has ended."""
+        interrupt.check()
+        if self.ended.is_set():
+            raise RuntimeEnded()
+
+
+class RuntimeEnded(BaseException):
+    """The runtime ended while the ServerApp waited: it stops too (not an ``Exception``: no method's failure)."""
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -94,7 +107,7 @@ def prepare_run(cfg: ExperimentConfig, out: str | Path | None = None) -> Path:
     if bad:
         raise ConfigError(f"withdraw.classes: {bad} out of range; allowed: 0..{ds.num_classes - 1} "
                           f"({cfg.data.dataset})")
-    run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(out) if out else default_run_dir(cfg.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"--out: {run_dir} exists and is not empty; use --resume {run_dir} to continue it")
     tmp = run_dir.with_name(f".{run_dir.name}.preparing")
