@@ -86,6 +86,10 @@ def cases(tmp: Path, run: Path) -> list[tuple[str, list[str]]]:
         ("report: per_client.csv missing", ["report", damaged("pc", lambda d: (d / "per_client.csv").unlink())]),
         ("resume: not a run directory", ["run", "--resume", str(tmp)]),
         ("mistyped command", ["rn"]),
+        ("Ray address nobody answers at", ["run", *TINY_SET, "--set", 'sim.backend="ray"', "--ray-address",
+                                           "127.0.0.1:1", "--out", str(tmp / "ray-bad")]),
+        ("client resources no node has", ["run", *TINY_SET, "--set", 'sim.backend="ray"', "--set", "sim.num_cpus=64",
+                                          "--out", str(tmp / "ray-cpus")]),
     ]
 
 
