@@ -44,8 +44,10 @@ def _stop(pids: list[int]) -> None:
 
 @pytest.fixture
 def flwr_env(tmp_path: Path, request) -> Iterator[dict[str, str]]:
-    """Flower's environment for one test, its SuperLink stopped after it; ``install`` (the default, as for a
-    fresh user): Flower installs the app's dependencies for each run."""
+    """Flower's environment for one test, its SuperLink stopped after it. ``install``: Flower installs the app's
+    dependencies for each run, as for a fresh user (several GB of torch wheels: only when
+    FEDUNLEARN_TEST_FLWR_INSTALL=1, so CI on a machine without a warm uv cache stays within its time); otherwise the
+    installed environment (FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1, as the README offers)."""
     if shutil.which("pgrep") is None:
         pytest.skip("needs pgrep to stop the SuperLink that `flwr run` starts")
     if _pids("flower-superlink"):
@@ -54,7 +56,8 @@ def flwr_env(tmp_path: Path, request) -> Iterator[dict[str, str]]:
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", None)
-    if getattr(request, "param", "install") != "install":
+    wants_install = os.environ.get("FEDUNLEARN_TEST_FLWR_INSTALL") == "1"
+    if getattr(request, "param", "install") != "install" or not wants_install:
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     try:
         yield env
