@@ -201,8 +201,8 @@ def _mean(vals: list) -> float | None:
 
 def summary_header(sweep: Sweep) -> list[str]:
     stats = [f"{s}{x}" for s in STATS for x in ("", "_lo", "_hi")]
-    return [c for c in setting_columns(sweep) if c != sweep.replicate] + ["model", "attack", "replicates", "failed", "equivalent_share",
-                                     "equivalence_margin"] + stats
+    settings = [c for c in setting_columns(sweep) if c != sweep.replicate]
+    return settings + ["model", "attack", "replicates", "failed", "equivalent_share", "equivalence_margin"] + stats
 
 
 def write_summary_csv(sweep: Sweep, rows: list[dict], path: Path) -> Path:

@@ -119,9 +119,7 @@ def driver_command(pr: PointRun, config_path: Path, scale: int) -> list[str]:
 def driver_env(ray_address: str) -> dict[str, str]:
     """The drivers' environment: this checkout first on PYTHONPATH (the drivers and their Ray workers import the
     same code), the cluster's address, and loopback-only Ray for a 127.0.0.1 head."""
-    import fedunlearn
-
-    root = str(Path(fedunlearn.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding the fedunlearn package
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0")}
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if ray_address and ray_address != "auto":

@@ -23,12 +23,12 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedunlearn.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
