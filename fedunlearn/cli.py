@@ -138,6 +138,7 @@ def sweep(
     parallel: int = typer.Option(1, "--parallel", help="points run side by side on the Ray cluster"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help='join a Ray cluster ("auto" or '
                                               "host:port); default: a local head for the sweep"),
+    retries: int = typer.Option(1, "--retries", help="resume a failed point this many more times"),
 ) -> None:
     """Run a grid of experiments (methods x budgets x seeds x ...) side by side on one Ray cluster; aggregate over
     seeds (sweep.csv, sweep_summary.csv), draw the leakage-vs-cost frontiers (sweep.md)."""
@@ -146,7 +147,7 @@ def sweep(
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     try:
         result = run_sweep(spec, out=out, resume=resume, dry_run=dry_run, parallel=parallel,
-                           ray_address=ray_address, console=console)
+                           ray_address=ray_address, console=console, retries=retries)
     except FedUnlearnError as err:
         _fail(err)
         return

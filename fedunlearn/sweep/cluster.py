@@ -90,17 +90,33 @@ class LocalRayHead:
             self.proc = subprocess.Popen(cmd, env={**os.environ, **LOOPBACK_ENV}, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
-        while "Ray runtime started" not in log_path.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text()[-2000:]
-                self.stop()
-                raise FedUnlearnError(f"ray start --head failed:\n{tail}")
-            time.sleep(0.2)
+        try:
+            while "Ray runtime started" not in log_path.read_text():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise FedUnlearnError(f"ray start --head failed:\n{log_path.read_text()[-2000:]}")
+                time.sleep(0.2)
+        except BaseException:  # a failed start, or Ctrl-C while it starts: leave no head behind
+            self.stop()
+            raise
         self.address = f"127.0.0.1:{port}"
         return self.address
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """The head's GCS and raylet still run. ``ray start --block`` itself outlives a raylet that died (the raylet
+        fate-shares with its agents, and a node the GCS marks dead stops), so its children are checked."""
+        import psutil
+
+        if not self.alive():
+            return False
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)  # type: ignore[union-attr]
+            names = {k.name() for k in kids if k.status() != psutil.STATUS_ZOMBIE}
+        except psutil.Error:
+            return False
+        return {"raylet", "gcs_server"} <= names
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from fedunlearn.config import load_config
-from fedunlearn.errors import ConfigError
+from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.rundir import fl_finished
-from fedunlearn.sweep.cluster import LOOPBACK_ENV, stop_group
+from fedunlearn.sweep.cluster import LOOPBACK_ENV, LocalRayHead, stop_group
 from fedunlearn.sweep.lock import SweepLock
 from fedunlearn.sweep.spec import Point
 
@@ -143,21 +144,33 @@ def _log_tail(path: Path) -> str:
 
 
 class PointPool:
-    """Runs the planned points, at most ``parallel`` at once; ``on_change`` sees every status change."""
+    """Runs the planned points, at most ``parallel`` at once; ``on_change`` sees every status change, ``say`` gets
+    one line per event (a retry, a restarted head).
+
+    A point whose driver fails (any exit code but 2, a config or data error) is resumed up to ``retries`` more times.
+    When the sweep owns the head (``head``) and it dies (its raylet or GCS gone), the running drivers are stopped,
+    the head is started again and their points resume on it (at most ``MAX_HEAD_RESTARTS`` times)."""
+
+    MAX_HEAD_RESTARTS = 3
 
     def __init__(self, runs: list[PointRun], sweep_dir: Path, parallel: int, scale: int, ray_address: str,
-                 lock: SweepLock, on_change: Callable[[PointRun], None]) -> None:
+                 lock: SweepLock, on_change: Callable[[PointRun], None], head: LocalRayHead | None = None,
+                 retries: int = 1, say: Callable[[str], None] = print) -> None:
         self.runs, self.sweep_dir, self.parallel, self.scale = runs, sweep_dir, parallel, scale
         self.env = driver_env(ray_address)
-        self.lock, self.on_change = lock, on_change
+        self.lock, self.on_change, self.head, self.retries, self.say = lock, on_change, head, retries, say
         self.stop = threading.Event()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.attempts: dict[str, int] = {}
         self._mutex = threading.Lock()
 
     def _drive(self, pr: PointRun) -> PointRun:
-        if self.stop.is_set():
-            pr.status = "cancelled"
+        state = point_state(pr.run_dir)  # decided at launch: a retry resumes what the last attempt left
+        if state == "finished" or self.stop.is_set():
+            pr.status = "finished" if state == "finished" else "cancelled"
             return pr
+        pr.action, pr.returncode = ("resume" if state == "partial" else "run"), None
+        self.attempts[pr.point.name] = self.attempts.get(pr.point.name, 0) + 1
         log_path = self.sweep_dir / "logs" / f"{pr.point.name}.log"
         log_path.parent.mkdir(exist_ok=True)
         cmd = driver_command(pr, self.sweep_dir / "configs" / f"{pr.point.name}.toml", self.scale)
@@ -173,7 +186,7 @@ class PointPool:
                                         start_new_session=True)  # its own group: we stop it, not the terminal
                 self.procs[pr.point.name] = proc
         self.lock.add(pr.point.name, proc.pid)
-        pr.status, pr.started = "running", _now()
+        pr.status, pr.started, pr.error = "running", _now(), ""
         self.on_change(pr)
         rc = proc.wait()
         self.lock.remove(pr.point.name)
@@ -188,24 +201,63 @@ class PointPool:
         self.on_change(pr)
         return pr
 
+    def _retry(self, pr: PointRun) -> bool:
+        return pr.status == "failed" and pr.returncode != 2 and self.attempts.get(pr.point.name, 0) <= self.retries
+
     def run(self, tick: Callable[[], None]) -> None:
         """Run every point that is not skipped; ``tick`` is called about twice a second (progress display).
         An interrupt (Ctrl-C, SIGTERM) stops the running drivers (SIGINT, then their groups) and re-raises."""
-        todo = [r for r in self.runs if r.action != "skip"]
+        queue = deque(r for r in self.runs if r.action != "skip")
+        running: dict[Future, PointRun] = {}
+        restarts = 0
         pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="sweep-point")
-        futures: list[Future] = [pool.submit(self._drive, r) for r in todo]
         try:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while queue or running:
+                while queue and len(running) < self.parallel:
+                    pr = queue.popleft()
+                    running[pool.submit(self._drive, pr)] = pr
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for f in done:
+                    pr = running.pop(f)
                     f.result()  # a bug in the launcher itself surfaces here
+                    if self._retry(pr):
+                        self.say(f"{pr.point.name}: retrying (attempt {self.attempts[pr.point.name] + 1})")
+                        pr.status = "pending"
+                        queue.append(pr)
+                if self.head is not None and running and not self.head.healthy():
+                    restarts += 1
+                    if restarts > self.MAX_HEAD_RESTARTS:
+                        raise FedUnlearnError(f"the sweep's Ray head died {restarts} times; continue with --resume")
+                    victims = self._stop_running(running)
+                    self._restart_head()
+                    self.say(f"the Ray head died; started a new one at {self.head.address}, resuming "
+                             + ", ".join(v.point.name for v in victims))
+                    for v in reversed(victims):
+                        if v.returncode is not None:  # it was launched: the cluster failed, not the point
+                            self.attempts[v.point.name] -= 1
+                        v.status = "pending"
+                        queue.appendleft(v)
                 tick()
         except BaseException:
             self.interrupt()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_running(self, running: dict[Future, PointRun]) -> list[PointRun]:
+        self.interrupt()
+        wait(list(running))
+        victims = [v for v in running.values() if v.status != "finished"]  # one may have just finished
+        running.clear()
+        self.stop.clear()
+        return victims
+
+    def _restart_head(self) -> None:
+        assert self.head is not None
+        self.lock.remove("ray-head")
+        self.head.stop()
+        self.env = driver_env(self.head.start())
+        self.lock.add("ray-head", self.head.proc.pid)  # type: ignore[union-attr]
 
     def interrupt(self) -> None:
         """Stop every running driver: SIGINT first (it exits as ``fedunlearn run`` does on Ctrl-C), then the group."""

@@ -95,11 +95,14 @@ def _scale(sweep_runs: list[PointRun], parallel: int, local_cpus: int | None) ->
 
 
 def run_sweep(path: str | Path, out: str | Path | None = None, resume: bool = False, dry_run: bool = False,
-              parallel: int = 1, ray_address: str | None = None, console: Console | None = None) -> SweepResult:
+              parallel: int = 1, ray_address: str | None = None, console: Console | None = None,
+              retries: int = 1) -> SweepResult:
     """Run (or continue) a sweep; returns its directory and every point's outcome."""
     console = console or Console()
     if parallel < 1:
         raise ConfigError(f"--parallel: {parallel} not allowed; allowed: 1 or more points at once")
+    if retries < 0:
+        raise ConfigError(f"--retries: {retries} not allowed; allowed: 0 or more")
     sweep = load_sweep(path)
     sweep_dir = Path(out) if out else Path("sweeps") / sweep.name
     if sweep_dir.exists() and not sweep_dir.is_dir():
@@ -117,7 +120,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, resume: bool = Fa
         console.print(f"stopped {name}, left running by an earlier sweep that was killed")
     try:
         with _sigterm_as_interrupt():
-            _run_points(sweep, sweep_dir, runs, parallel, scale, ray_address, lock, console)
+            _run_points(sweep, sweep_dir, runs, parallel, scale, ray_address, lock, console, retries)
             outputs = write_outputs(sweep, sweep_dir, runs)
     finally:
         _write_points(sweep_dir, runs)
@@ -130,7 +133,7 @@ def _write_points(sweep_dir: Path, runs: list[PointRun]) -> None:
 
 
 def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: int, scale: int,
-                ray_address: str | None, lock: SweepLock, console: Console) -> None:
+                ray_address: str | None, lock: SweepLock, console: Console, retries: int) -> None:
     atomic_write_text(sweep_dir / "sweep.toml", sweep.path.read_text(encoding="utf-8"))
     for r in runs:
         atomic_write_text(sweep_dir / "configs" / f"{r.point.name}.toml", to_toml(r.point.cfg))
@@ -168,7 +171,8 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
             progress.update(task, completed=sum(r.status in ("finished", "failed") for r in runs),
                             description="running: " + ", ".join(running) if running else "")
 
-        pool = PointPool(runs, sweep_dir, parallel, scale, address, lock, on_change)
+        pool = PointPool(runs, sweep_dir, parallel, scale, address, lock, on_change, head=head, retries=retries,
+                         say=lambda line: progress.console.print(line, highlight=False))
         try:
             pool.run(tick)
         finally:

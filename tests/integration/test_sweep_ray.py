@@ -103,3 +103,39 @@ def test_killed_sweep_resumes_without_redoing_finished_points(tmp_path: Path) ->
     assert (out / "logs" / "seed=0.log").read_text().count("fedunlearn.cli run") == 1
     assert len({r["point"] for r in _rows(out / "sweep.csv")}) == 3
     assert not (out / "sweep.lock.json").exists()
+
+
+def test_sweep_restarts_its_dead_ray_head_and_resumes_the_running_points(tmp_path: Path) -> None:
+    """The sweep's own head (the default, no --ray-address) loses its raylet mid-run, as when the node is marked
+    dead: the running points are stopped, a new head starts, and they resume on it."""
+    import psutil
+
+    spec = _sweep_file(tmp_path, ['sim.backend="ray"', 'unlearn.methods=["retrain","finetune"]', "train.rounds=8"],
+                       "seed = [0, 1]")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "fedunlearn.cli", "sweep", str(spec), "--out", str(out),
+                             "--parallel", "2"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        raylet = None
+        while raylet is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before its head was killed"
+            try:
+                lock = json.loads((out / "sweep.lock.json").read_text())
+                status = [p["status"] for p in json.loads((out / "points.json").read_text())]
+            except (OSError, json.JSONDecodeError):
+                lock, status = {}, []
+            if "ray-head" in lock.get("groups", {}) and status == ["running", "running"]:
+                kids = psutil.Process(lock["groups"]["ray-head"]["pid"]).children(recursive=True)
+                raylet = next((k for k in kids if k.name() == "raylet"), None)
+            time.sleep(0.5)
+        raylet.kill()
+        stdout, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-3000:]
+    assert "the Ray head died; started a new one" in stdout
+    assert all(p["status"] == "finished" for p in json.loads((out / "points.json").read_text()))
+    assert not (out / "sweep.lock.json").exists()

@@ -243,7 +243,8 @@ def test_aggregates_over_synthetic_points(tmp_path: Path) -> None:
     assert math.isclose(float(ft["dauc_remaining"]), 0.02)   # clients 1-3: 0.01, 0.02, 0.03
     pga2 = by[("pga", "2")]
     assert pga2["unlearn.pga.post_rounds"] == "2" and math.isclose(float(pga2["speedup_client_samples"]), 15)
-    assert math.isclose(float(by[("pga", "1")]["equivalent_share"]), 2 / 3, rel_tol=1e-5)  # gaps .05, .06 equivalent; .07 not
+    # gaps .05, .06 equivalent (margin .065), .07 not
+    assert math.isclose(float(by[("pga", "1")]["equivalent_share"]), 2 / 3, rel_tol=1e-5)
     assert math.isclose(float(pga2["test_acc_ratio"]), statistics_mean([(0.76 + 0.01 * s) / (0.8 + 0.01 * s)
                                                                           for s in range(3)]), rel_tol=1e-6)
     assert by[("retrain", "")]["equivalent_share"] == "1"
