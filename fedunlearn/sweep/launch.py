@@ -30,7 +30,7 @@ from fedunlearn.config import load_config
 from fedunlearn.errors import ConfigError, FedUnlearnError
 from fedunlearn.rundir import fl_finished
 from fedunlearn.sweep.cluster import LOOPBACK_ENV, LocalRayHead, stop_group
-from fedunlearn.sweep.lock import SweepLock
+from fedunlearn.sweep.lock import HEAD, SweepLock
 from fedunlearn.sweep.spec import Point
 
 #: the parts of a point's config that say how it ran, not what it is (they may differ between invocations)
@@ -254,10 +254,10 @@ class PointPool:
 
     def _restart_head(self) -> None:
         assert self.head is not None
-        self.lock.remove("ray-head")
+        self.lock.remove(HEAD)
         self.head.stop()
         self.env = driver_env(self.head.start())
-        self.lock.add("ray-head", self.head.proc.pid)  # type: ignore[union-attr]
+        self.lock.add(HEAD, self.head.proc.pid)  # type: ignore[union-attr]
 
     def interrupt(self) -> None:
         """Stop every running driver: SIGINT first (it exits as ``fedunlearn run`` does on Ctrl-C), then the group."""

@@ -19,6 +19,7 @@ from fedunlearn.io import atomic_write_json
 from fedunlearn.sweep.cluster import stop_group
 
 LOCK_FILE = "sweep.lock.json"
+HEAD = "ray-head"  # the lock's name for the sweep's own Ray head
 
 
 def _started(pid: int) -> float | None:
@@ -53,7 +54,9 @@ class SweepLock:
             if owner and _same_process(owner) and int(owner["pid"]) != os.getpid():
                 raise ConfigError(f"sweep directory: {self.path.parent} is in use by a running sweep (pid "
                                   f"{owner['pid']}); allowed: one sweep per directory, stop it first")
-            for name, g in (old.get("groups") or {}).items():
+            groups = old.get("groups") or {}
+            for name in sorted(groups, key=lambda n: n == HEAD):  # the drivers first, then the cluster under them
+                g = groups[name]
                 if _same_process(g):
                     stop_group(int(g["pid"]))
                     stopped.append(name)

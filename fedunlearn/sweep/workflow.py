@@ -27,7 +27,7 @@ from fedunlearn.io import atomic_write_json, atomic_write_text
 from fedunlearn.sweep import aggregate, frontier
 from fedunlearn.sweep.cluster import LocalRayHead
 from fedunlearn.sweep.launch import PointPool, PointRun, plan
-from fedunlearn.sweep.lock import SweepLock
+from fedunlearn.sweep.lock import HEAD, SweepLock
 from fedunlearn.sweep.spec import Sweep, fl_trainings, load_sweep
 
 
@@ -149,7 +149,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
         if head is not None:
             console.print(f"starting a local Ray head ({head.num_cpus} CPUs) for {len(todo)} points")
             stack.enter_context(head)
-            lock.add("ray-head", head.proc.pid)  # type: ignore[union-attr]
+            lock.add(HEAD, head.proc.pid)  # type: ignore[union-attr]
         address = head.address if head is not None else (ray_address or "")
         live = console.is_terminal
         progress = Progress(TextColumn("[bold]points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -177,7 +177,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
             pool.run(tick)
         finally:
             if head is not None:
-                lock.remove("ray-head")
+                lock.remove(HEAD)
 
 
 def write_outputs(sweep: Sweep, sweep_dir: Path, runs: list[PointRun]) -> list[Path]:

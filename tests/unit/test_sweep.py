@@ -167,19 +167,21 @@ def test_lock_refuses_a_live_owner_and_stops_a_dead_sweeps_leftovers(tmp_path: P
 
     live = subprocess.Popen(["sleep", "60"])
     orphan = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    head = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         entry = {"pid": live.pid, "started": psutil.Process(live.pid).create_time()}
         (tmp_path / "sweep.lock.json").write_text(json.dumps({"owner": entry, "groups": {}}))
         with pytest.raises(ConfigError, match=f"in use by a running sweep \\(pid {live.pid}\\)"):
             SweepLock(tmp_path).acquire()
         dead = {"pid": live.pid, "started": entry["started"] - 100}   # same PID, another start: not the owner
-        group = {"pid": orphan.pid, "started": psutil.Process(orphan.pid).create_time()}
-        (tmp_path / "sweep.lock.json").write_text(json.dumps({"owner": dead, "groups": {"seed=0": group}}))
-        assert SweepLock(tmp_path).acquire() == ["seed=0"]
-        assert orphan.wait(timeout=20) is not None
+        groups = {name: {"pid": p.pid, "started": psutil.Process(p.pid).create_time()}
+                  for name, p in (("ray-head", head), ("seed=0", orphan))}
+        (tmp_path / "sweep.lock.json").write_text(json.dumps({"owner": dead, "groups": groups}))
+        assert SweepLock(tmp_path).acquire() == ["seed=0", "ray-head"]  # the drivers before the cluster
+        assert orphan.wait(timeout=20) is not None and head.wait(timeout=20) is not None
         assert json.loads((tmp_path / "sweep.lock.json").read_text())["owner"]["pid"] == os.getpid()
     finally:
-        for p in (live, orphan):
+        for p in (live, orphan, head):
             p.kill()
             p.wait()
 
