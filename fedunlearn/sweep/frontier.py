@@ -63,6 +63,15 @@ def own_setting(sweep: Sweep, row: dict) -> str:
     return ", ".join(parts) or "—"
 
 
+def _tag(sweep: Sweep, row: dict) -> str | None:
+    """A point's label on the plot: its zip level number, else the value of the method's own axis."""
+    own = own_setting(sweep, row)
+    if own == "—":
+        return None
+    first = own.split(" (")[0].split(", ")[0]
+    return first.split("=", 1)[1] if "=" in first else first
+
+
 def _f(v: object) -> float:
     try:
         x = float(v)  # type: ignore[arg-type]
@@ -116,6 +125,8 @@ def _draw(sweep: Sweep, rows: list[dict], metric: str, ylabel: str, title: str, 
     methods = _methods(rows)
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    fig.text(0.5, -0.02, "numbers: the budget level (zip group) or the value of the method's own axis",
+             ha="center", fontsize=7, color="grey")
     for ax, (cost, xlabel) in zip(axes, COSTS):
         for m in methods:
             rs = sorted([r for r in rows if r["model"] == m and math.isfinite(_f(r[cost]))
@@ -125,9 +136,9 @@ def _draw(sweep: Sweep, rows: list[dict], metric: str, ylabel: str, title: str, 
             ax.errorbar([_f(r[cost]) for r in rs], [_f(r[metric]) for r in rs], yerr=_err(rs, metric),
                         xerr=_err(rs, cost), marker="o", ms=5, capsize=3, lw=1.3, color=colors[m], label=m)
             for r in rs:
-                if own_setting(sweep, r) != "—":
-                    ax.annotate(own_setting(sweep, r).split(" (")[0], (_f(r[cost]), _f(r[metric])), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points", color=colors[m])
+                if (tag := _tag(sweep, r)) is not None:
+                    ax.annotate(tag, (_f(r[cost]), _f(r[metric])), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points", color=colors[m])
         if mark_front:
             fr = sorted([r for r, on in zip(rows, front_flags(rows, cost)) if on], key=lambda r: _f(r[cost]))
             ax.plot([_f(r[cost]) for r in fr], [_f(r[metric]) for r in fr], ls="--", color="black", lw=0.8,
@@ -147,7 +158,7 @@ def _draw(sweep: Sweep, rows: list[dict], metric: str, ylabel: str, title: str, 
         ax.set(xlabel=xlabel, title=title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel(ylabel)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the points stay visible
     return _save(fig, path)
 
 
