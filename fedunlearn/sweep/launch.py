@@ -165,11 +165,12 @@ class PointPool:
         self._mutex = threading.Lock()
 
     def _drive(self, pr: PointRun) -> PointRun:
+        pr.returncode = None  # None = not launched in this attempt
         state = point_state(pr.run_dir)  # decided at launch: a retry resumes what the last attempt left
         if state == "finished" or self.stop.is_set():
             pr.status = "finished" if state == "finished" else "cancelled"
             return pr
-        pr.action, pr.returncode = ("resume" if state == "partial" else "run"), None
+        pr.action = "resume" if state == "partial" else "run"
         self.attempts[pr.point.name] = self.attempts.get(pr.point.name, 0) + 1
         log_path = self.sweep_dir / "logs" / f"{pr.point.name}.log"
         log_path.parent.mkdir(exist_ok=True)

@@ -148,6 +148,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
     with contextlib.ExitStack() as stack:
         if head is not None:
             console.print(f"starting a local Ray head ({head.num_cpus} CPUs) for {len(todo)} points")
+            stack.callback(lock.remove, HEAD)  # runs after the head stopped (LIFO), so the lock never misses it
             stack.enter_context(head)
             lock.add(HEAD, head.proc.pid)  # type: ignore[union-attr]
         address = head.address if head is not None else (ray_address or "")
@@ -173,11 +174,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
 
         pool = PointPool(runs, sweep_dir, parallel, scale, address, lock, on_change, head=head, retries=retries,
                          say=lambda line: progress.console.print(line, highlight=False))
-        try:
-            pool.run(tick)
-        finally:
-            if head is not None:
-                lock.remove(HEAD)
+        pool.run(tick)
 
 
 def write_outputs(sweep: Sweep, sweep_dir: Path, runs: list[PointRun]) -> list[Path]:
