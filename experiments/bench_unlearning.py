@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import statistics
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from fedunlearn.config.load import load_config
 from fedunlearn.io import atomic_write_json
 from fedunlearn.methods import METHODS
 from fedunlearn.pipeline import run
+from fedunlearn.sweep.aggregate import mean_ci
 
 HERE = Path(__file__).resolve().parent
 GOAL = {"equivalent_seeds": 4, "of_seeds": 5, "test_acc_ratio": 0.98, "speedup_client_samples": 15.0,
@@ -65,20 +64,6 @@ def one_seed(config: Path, seed: int, methods: list[str], attacks: list[str], ov
             "margin": {a: retrain["leakage"][a]["equivalence_margin"] for a in attacks},
             "null_band": s["null_band"], "n_member": s["n_member"], "n_nonmember": s["n_nonmember"],
             "methods": rows}
-
-
-def mean_ci(values: list[float]) -> dict | None:
-    """Mean and 95% Student-t interval over seeds (None without values; no interval from one value)."""
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None
-    m = statistics.fmean(vals)
-    if len(vals) < 2:
-        return {"mean": m, "lo": None, "hi": None, "n": 1}
-    from scipy.stats import t
-
-    half = float(t.ppf(0.975, len(vals) - 1)) * statistics.stdev(vals) / math.sqrt(len(vals))
-    return {"mean": m, "lo": m - half, "hi": m + half, "n": len(vals)}
 
 
 def aggregate(per_seed: list[dict], methods: list[str], attacks: list[str]) -> dict:

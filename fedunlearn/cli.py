@@ -161,6 +161,42 @@ def _print_verdict_notes(summary: dict) -> None:
 
 
 @app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="sweep TOML: a base experiment plus axes (see docs/sweeps in README)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="sweep directory (default sweeps/<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue: skip finished points, resume partial ones"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the points and the FL trainings; write nothing"),
+    parallel: int = typer.Option(1, "--parallel", help="points run side by side on the Ray cluster"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help='join a Ray cluster ("auto" or '
+                                              "host:port); default: a local head for the sweep"),
+    retries: int = typer.Option(1, "--retries", help="resume a failed point this many more times"),
+) -> None:
+    """Run a grid of experiments (methods x budgets x seeds x ...) side by side on one Ray cluster; aggregate over
+    seeds (sweep.csv, sweep_summary.csv), draw the leakage-vs-cost frontiers (sweep.md)."""
+    from fedunlearn.sweep import run_sweep
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    try:
+        result = run_sweep(spec, out=out, resume=resume, dry_run=dry_run, parallel=parallel,
+                           ray_address=ray_address, console=console, retries=retries)
+    except FedUnlearnError as err:
+        _fail(err)
+        return
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; continue with: fedunlearn sweep {spec} --resume"
+                          + (f" --out {out}" if out else ""))
+        raise typer.Exit(130) from None
+    if dry_run:
+        return
+    for r in result.failed:
+        err_console.print(f"point {r.point.name}: {r.status} ({r.error}); log: {result.sweep_dir}/logs/"
+                          f"{r.point.name}.log", highlight=False)
+    console.print(f"sweep: [bold]{result.sweep_dir}[/] (sweep.md, sweep.csv, sweep_summary.csv, plots/)")
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")) -> None:
     """Re-draw plots and report.md from saved results."""
     from fedunlearn.rundir import read_summary
