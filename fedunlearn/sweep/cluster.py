@@ -118,6 +118,18 @@ class LocalRayHead:
             return False
         return {"raylet", "gcs_server"} <= names
 
+    def save_logs(self, dest: Path) -> Path:
+        """Copy the head's own log and its daemons' logs (why did it die?) before ``stop`` removes its temp dir."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if self._tmp is not None:
+            logs = self._tmp / "session_latest" / "logs"
+            wanted = [self._tmp / "head.log"] + [p for pat in ("raylet.*", "gcs_server.*", "dashboard_agent.*",
+                                                               "ray_process_exit.log") for p in logs.glob(pat)]
+            for src in wanted:
+                if src.is_file():
+                    shutil.copy2(src, dest / src.name)
+        return dest
+
     def stop(self) -> None:
         if self.proc is not None:
             stop_group(self.proc.pid)

@@ -163,7 +163,8 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
                 _write_points(sweep_dir, runs)
                 if r.status in ("finished", "failed"):
                     mark = "[green]done[/]" if r.status == "finished" else f"[red]failed[/] ({r.error})"
-                    progress.console.print(f"{r.point.name}: {mark} in {r.wall_s:.0f} s", highlight=False)
+                    progress.console.print(f"{r.point.name}: {mark} in {r.wall_s:.0f} s", highlight=False,
+                                           soft_wrap=True)
                 elif r.status == "running" and not live:
                     console.print(f"{r.point.name}: {r.action} started", highlight=False)
 
@@ -173,7 +174,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
                             description="running: " + ", ".join(running) if running else "")
 
         pool = PointPool(runs, sweep_dir, parallel, scale, address, lock, on_change, head=head, retries=retries,
-                         say=lambda line: progress.console.print(line, highlight=False))
+                         say=lambda line: progress.console.print(line, highlight=False, soft_wrap=True))
         pool.run(tick)
 
 
