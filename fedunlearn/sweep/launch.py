@@ -259,7 +259,7 @@ class PointPool:
         self.lock.remove(HEAD)
         self.head.stop()
         self.env = driver_env(self.head.start())
-        self.lock.add(HEAD, self.head.proc.pid)  # type: ignore[union-attr]
+        self.lock.add(HEAD, self.head.proc.pid, self.head.temp_dir)  # type: ignore[union-attr]
 
     def interrupt(self) -> None:
         """Stop every running driver: SIGINT first (it exits as ``fedunlearn run`` does on Ctrl-C), then the group."""

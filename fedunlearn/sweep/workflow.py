@@ -150,7 +150,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
             console.print(f"starting a local Ray head ({head.num_cpus} CPUs) for {len(todo)} points")
             stack.callback(lock.remove, HEAD)  # runs after the head stopped (LIFO), so the lock never misses it
             stack.enter_context(head)
-            lock.add(HEAD, head.proc.pid)  # type: ignore[union-attr]
+            lock.add(HEAD, head.proc.pid, head.temp_dir)  # type: ignore[union-attr]
         address = head.address if head is not None else (ray_address or "")
         live = console.is_terminal
         progress = Progress(TextColumn("[bold]points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
