@@ -162,7 +162,7 @@ def _print_verdict_notes(summary: dict) -> None:
 
 @app.command()
 def sweep(
-    spec: Path = typer.Argument(..., help="sweep TOML: a base experiment plus axes (see docs/sweeps in README)"),
+    spec: Path = typer.Argument(..., help="sweep TOML: a base experiment plus axes (README: Sweeps)"),
     out: Optional[Path] = typer.Option(None, "--out", help="sweep directory (default sweeps/<name>)"),
     resume: bool = typer.Option(False, "--resume", help="continue: skip finished points, resume partial ones"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the points and the FL trainings; write nothing"),

@@ -24,6 +24,7 @@ from fedunlearn.errors import FedUnlearnError
 
 #: the environment the head and every driver joining it need for a loopback-only cluster
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TEMP_PREFIX = "fusweep-"  # the heads' temp dirs under /tmp
 
 
 def ray_cli() -> str:
@@ -79,7 +80,7 @@ class LocalRayHead:
         self.stop()
 
     def start(self) -> str:
-        self._tmp = Path(tempfile.mkdtemp(prefix="fusweep-", dir="/tmp"))  # short: Ray's unix sockets live here
+        self._tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp"))  # short: Ray's unix sockets live here
         port = free_port()
         cmd = [ray_cli(), "start", "--head", "--block", f"--port={port}", f"--num-cpus={self.num_cpus}",
                "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
@@ -101,6 +102,10 @@ class LocalRayHead:
         self.address = f"127.0.0.1:{port}"
         return self.address
 
+    @property
+    def temp_dir(self) -> Path | None:
+        return self._tmp
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -117,6 +122,18 @@ class LocalRayHead:
         except psutil.Error:
             return False
         return {"raylet", "gcs_server"} <= names
+
+    def save_logs(self, dest: Path) -> Path:
+        """Copy the head's own log and its daemons' logs (why did it die?) before ``stop`` removes its temp dir."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if self._tmp is not None:
+            logs = self._tmp / "session_latest" / "logs"
+            wanted = [self._tmp / "head.log"] + [p for pat in ("raylet.*", "gcs_server.*", "dashboard_agent.*",
+                                                               "ray_process_exit.log") for p in logs.glob(pat)]
+            for src in wanted:
+                if src.is_file():
+                    shutil.copy2(src, dest / src.name)
+        return dest
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -230,9 +230,10 @@ class PointPool:
                     if restarts > self.MAX_HEAD_RESTARTS:
                         raise FedUnlearnError(f"the sweep's Ray head died {restarts} times; continue with --resume")
                     victims = self._stop_running(running)
+                    saved = self.head.save_logs(self.sweep_dir / "logs" / f"ray-head-died-{restarts}")
                     self._restart_head()
-                    self.say(f"the Ray head died; started a new one at {self.head.address}, resuming "
-                             + ", ".join(v.point.name for v in victims))
+                    self.say(f"the Ray head died (its logs: {saved}); started a new one at {self.head.address}, "
+                             "resuming " + ", ".join(v.point.name for v in victims))
                     for v in reversed(victims):
                         if v.returncode is not None:  # it was launched: the cluster failed, not the point
                             self.attempts[v.point.name] -= 1
@@ -258,7 +259,7 @@ class PointPool:
         self.lock.remove(HEAD)
         self.head.stop()
         self.env = driver_env(self.head.start())
-        self.lock.add(HEAD, self.head.proc.pid)  # type: ignore[union-attr]
+        self.lock.add(HEAD, self.head.proc.pid, self.head.temp_dir)  # type: ignore[union-attr]
 
     def interrupt(self) -> None:
         """Stop every running driver: SIGINT first (it exits as ``fedunlearn run`` does on Ctrl-C), then the group."""

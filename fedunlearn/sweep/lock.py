@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import psutil
 
 from fedunlearn.errors import ConfigError
 from fedunlearn.io import atomic_write_json
-from fedunlearn.sweep.cluster import stop_group
+from fedunlearn.sweep.cluster import TEMP_PREFIX, stop_group
 
 LOCK_FILE = "sweep.lock.json"
 HEAD = "ray-head"  # the lock's name for the sweep's own Ray head
@@ -60,12 +61,17 @@ class SweepLock:
                 if _same_process(g):
                     stop_group(int(g["pid"]))
                     stopped.append(name)
+                if g.get("temp_dir") and Path(g["temp_dir"]).name.startswith(TEMP_PREFIX):
+                    shutil.rmtree(g["temp_dir"], ignore_errors=True)  # a head's temp dir: only its owner removes it
         self._write()
         return stopped
 
-    def add(self, name: str, pid: int) -> None:
+    def add(self, name: str, pid: int, temp_dir: Path | None = None) -> None:
+        """Record a process group we started (and a temp dir that goes with it, removed when it is cleaned up)."""
         with self._mutex:
             self.groups[name] = {"pid": pid, "started": _started(pid) or 0.0}
+            if temp_dir is not None:
+                self.groups[name]["temp_dir"] = str(temp_dir)
             self._write()
 
     def remove(self, name: str) -> None:

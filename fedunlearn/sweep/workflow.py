@@ -150,7 +150,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
             console.print(f"starting a local Ray head ({head.num_cpus} CPUs) for {len(todo)} points")
             stack.callback(lock.remove, HEAD)  # runs after the head stopped (LIFO), so the lock never misses it
             stack.enter_context(head)
-            lock.add(HEAD, head.proc.pid)  # type: ignore[union-attr]
+            lock.add(HEAD, head.proc.pid, head.temp_dir)  # type: ignore[union-attr]
         address = head.address if head is not None else (ray_address or "")
         live = console.is_terminal
         progress = Progress(TextColumn("[bold]points"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -163,7 +163,8 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
                 _write_points(sweep_dir, runs)
                 if r.status in ("finished", "failed"):
                     mark = "[green]done[/]" if r.status == "finished" else f"[red]failed[/] ({r.error})"
-                    progress.console.print(f"{r.point.name}: {mark} in {r.wall_s:.0f} s", highlight=False)
+                    progress.console.print(f"{r.point.name}: {mark} in {r.wall_s:.0f} s", highlight=False,
+                                           soft_wrap=True)
                 elif r.status == "running" and not live:
                     console.print(f"{r.point.name}: {r.action} started", highlight=False)
 
@@ -173,7 +174,7 @@ def _run_points(sweep: Sweep, sweep_dir: Path, runs: list[PointRun], parallel: i
                             description="running: " + ", ".join(running) if running else "")
 
         pool = PointPool(runs, sweep_dir, parallel, scale, address, lock, on_change, head=head, retries=retries,
-                         say=lambda line: progress.console.print(line, highlight=False))
+                         say=lambda line: progress.console.print(line, highlight=False, soft_wrap=True))
         pool.run(tick)
 
 

@@ -136,6 +136,7 @@ def test_sweep_restarts_its_dead_ray_head_and_resumes_the_running_points(tmp_pat
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stdout[-3000:]
-    assert "the Ray head died; started a new one" in stdout
+    assert "the Ray head died (its logs:" in stdout and "started a new one" in stdout
+    assert (out / "logs" / "ray-head-died-1" / "head.log").is_file()
     assert all(p["status"] == "finished" for p in json.loads((out / "points.json").read_text()))
     assert not (out / "sweep.lock.json").exists()

@@ -176,9 +176,13 @@ def test_lock_refuses_a_live_owner_and_stops_a_dead_sweeps_leftovers(tmp_path: P
         dead = {"pid": live.pid, "started": entry["started"] - 100}   # same PID, another start: not the owner
         groups = {name: {"pid": p.pid, "started": psutil.Process(p.pid).create_time()}
                   for name, p in (("ray-head", head), ("seed=0", orphan))}
+        head_tmp = tmp_path / "fusweep-abc"
+        (head_tmp / "session_latest").mkdir(parents=True)
+        groups["ray-head"]["temp_dir"] = str(head_tmp)
         (tmp_path / "sweep.lock.json").write_text(json.dumps({"owner": dead, "groups": groups}))
         assert SweepLock(tmp_path).acquire() == ["seed=0", "ray-head"]  # the drivers before the cluster
         assert orphan.wait(timeout=20) is not None and head.wait(timeout=20) is not None
+        assert not head_tmp.exists()  # the dead head's temp dir goes too
         assert json.loads((tmp_path / "sweep.lock.json").read_text())["owner"]["pid"] == os.getpid()
     finally:
         for p in (live, orphan, head):
