@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stamp-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export FLWR_TELEMETRY_ENABLED := 0
 export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
 
-.PHONY: demo test test-unit bench clean
+.PHONY: demo test test-full test-unit bench clean
 
 $(STAMP): pyproject.toml
 	rm -f $(VENV)/.stamp-*
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-full: $(STAMP)
+	FEDUNLEARN_FULL_TESTS=1 $(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

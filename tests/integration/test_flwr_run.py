@@ -106,6 +106,7 @@ def _status(env: dict[str, str], run_id: str, timeout: float) -> dict:
         time.sleep(5)
 
 
+@pytest.mark.full
 def test_readme_command_runs_the_quickstart(flwr_env: dict[str, str]) -> None:
     before = {p.name for p in (ROOT / "runs").glob("quickstart-*")}
     try:

@@ -70,6 +70,7 @@ def test_concurrent_points_on_one_head_equal_the_points_run_alone(tmp_path: Path
     assert (out / "plots" / "frontier_loss.png").is_file() and (out / "sweep.md").is_file()
 
 
+@pytest.mark.full
 def test_killed_sweep_resumes_without_redoing_finished_points(tmp_path: Path) -> None:
     spec = _sweep_file(tmp_path, ['unlearn.methods=["retrain","finetune"]', "train.rounds=30"], "seed = [0, 1, 2]")
     out = tmp_path / "sweep"
@@ -105,6 +106,7 @@ def test_killed_sweep_resumes_without_redoing_finished_points(tmp_path: Path) ->
     assert not (out / "sweep.lock.json").exists()
 
 
+@pytest.mark.full
 def test_sweep_restarts_its_dead_ray_head_and_resumes_the_running_points(tmp_path: Path) -> None:
     """The sweep's own head (the default, no --ray-address) loses its raylet mid-run, as when the node is marked
     dead: the running points are stopped, a new head starts, and they resume on it."""
