@@ -33,6 +33,15 @@ def registry(info: ValidationInfo, kind: str) -> NameRegistry | None:
     return regs.get(kind) if regs else None
 
 
+def _all_known(info: ValidationInfo, kind: str, names: list[str]) -> list[str]:
+    """Every name of a list known to the registry of ``kind`` (when it is given); one error lists the unknown ones."""
+    reg = registry(info, kind)
+    bad = [n for n in names if reg is not None and n not in reg]
+    if bad:
+        raise ValueError(f"unknown {kind}(s) {', '.join(map(repr, bad))}; allowed: {', '.join(reg.names())}")
+    return names
+
+
 def _known(info: ValidationInfo, kind: str, name: str) -> str:
     reg = registry(info, kind)
     if reg is not None and name not in reg:
@@ -153,10 +162,7 @@ class UnlearnConfig(BaseModel):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        methods = registry(info, "method")
-        bad = [m for m in v if methods is not None and m not in methods]
-        if bad:
-            raise ValueError(f"unknown method(s) {', '.join(map(repr, bad))}; allowed: {', '.join(methods.names())}")
+        _all_known(info, "method", v)
         if len(set(v)) != len(v):
             raise ValueError("methods must not repeat")
         return v
@@ -238,11 +244,7 @@ class AuditConfig(Strict):
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        attacks = registry(info, "attack")
-        bad = [a for a in v if attacks is not None and a not in attacks]
-        if bad:
-            raise ValueError(f"unknown attack(s) {', '.join(map(repr, bad))}; allowed: {', '.join(attacks.names())}")
-        return v
+        return _all_known(info, "attack", v)
 
 
 class SimConfig(Strict):
