@@ -128,6 +128,18 @@ def is_float_param(name: str, value: np.ndarray) -> bool:
     return value.dtype.kind == "f" and not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
+def sq_distance(a: Weights, b: Weights) -> float:
+    """Squared L2 distance between two models over their float parameters (``is_float_param``: BatchNorm running
+    statistics and counters left out) as one vector: pga's ball geometry, the drift measured after unlearning."""
+    return float(sum(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)
+                     for k, v in a.items() if is_float_param(k, np.asarray(v))))
+
+
+def distance(a: Weights, b: Weights) -> float:
+    """L2 distance between two models over their float parameters, as one vector (``sq_distance``)."""
+    return float(np.sqrt(sq_distance(a, b)))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -22,6 +22,7 @@ INITIAL, ORIGINAL, ORACLE = "initial", "original", "retrain"
 REFERENCES = ("reference_a", "reference_b")  # RMIA's reference federations (never audited as models)
 RETRAIN_NULL = "retrain_null"                # the retrain-vs-retrain null (then retrain_null_2, ...)
 AFTER = "after"                              # continued training after unlearning (models/after/<m>/round_<r>.pt)
+DURING = "during"                            # a method's models while it unlearns (models/during/<m>/w<i>/step_<j>.pt)
 STARTUP = "startup"                          # ledger method of start-up costs (Ray, actor warm-up), charged to none
 
 # ----------------------------------------------------------------------------------------------- columns
@@ -101,6 +102,18 @@ class RunDir:
     def after_unlearning(self) -> Path:
         return self.path / "after_unlearning.csv"
 
+    @property
+    def during_unlearning(self) -> Path:
+        return self.path / "during_unlearning.csv"
+
+    def during(self, method: str, withdrawal: int) -> Path:
+        """``models/during/<method>/w<i>/``: the models ``method`` passed through while unlearning withdrawal ``i``."""
+        return self.models / DURING / method / f"w{withdrawal}"
+
+    def during_index(self, method: str, withdrawal: int) -> Path:
+        """``models/during/<method>/w<i>/steps.json``: each saved step's phase, round and the method's costs so far."""
+        return self.during(method, withdrawal) / "steps.json"
+
     def seed_run(self, seed: int) -> Path:
         """``seeds/seed-<s>/``: one A2 replica, a run directory of its own."""
         return self.seeds / f"seed-{seed}"
@@ -115,6 +128,11 @@ class RunDir:
 def after_model(model: str, rnd: int) -> str:
     """The model name of ``model`` after ``rnd`` rounds of continued FedAvg (round 0 = the model itself)."""
     return model if rnd == 0 else f"{AFTER}/{model}/round_{rnd}"
+
+
+def during_model(method: str, withdrawal: int, step: int) -> str:
+    """The model name of step ``step`` of ``method`` unlearning withdrawal ``withdrawal`` (step 0 = its start)."""
+    return f"{DURING}/{method}/w{withdrawal}/step_{step}"
 
 
 def fl_finished(run_dir: str | Path) -> bool:

@@ -71,6 +71,31 @@ def tiny_fed(tmp_path: Path) -> TinyFederation:
     return make_tiny_federation(tmp_path)
 
 
+def check_recorded_steps(d: Path, name: str) -> None:
+    """``audit.during``: the steps method ``name`` saved run in order from the original to its output, each with
+    its phase and its costs so far (never more than the ledger's total for the method)."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from fedunlearn.models import load_weights
+
+    folder = d / "models" / "during" / name / "w0"
+    steps = json.loads((folder / "steps.json").read_text())
+    assert [s["step"] for s in steps] == list(range(len(steps))) and len(steps) >= 2
+    assert steps[0]["phase"] == "start" and all(s["phase"].split(".")[0] == name for s in steps[1:]), steps
+    ends = {"original": folder / "step_0.pt", name: folder / f"step_{steps[-1]['step']}.pt"}
+    for model, path in ends.items():
+        a, b = load_weights(d / "models" / f"{model}.pt"), load_weights(path)
+        assert all(np.array_equal(a[k], b[k]) for k in a), f"{path.name} is not models/{model}.pt"
+    with (d / "ledger.csv").open() as fh:
+        total = [r for r in csv.DictReader(fh) if r["method"] == name]
+    for key in ("client_samples", "rounds"):
+        seen = [s[key] for s in steps]
+        assert seen == sorted(seen) and seen[-1] <= sum(int(r[key]) for r in total), (key, seen)
+
+
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest's hook signature
     """``@pytest.mark.full`` tests (each several minutes through Ray or Flower's CLI) run with
     FEDUNLEARN_FULL_TESTS=1 (``make test-full``); ``make test`` reports them as skipped with this reason, so CI stays

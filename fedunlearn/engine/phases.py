@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedunlearn.data.cache import experiment_data
+from fedunlearn.engine.during import recording
 from fedunlearn.fl.fedavg import FedAvgRounds
-from fedunlearn.fl.protocol import ClientReply
 from fedunlearn.fl.recipe import WARMUP_STEP
 from fedunlearn.fl.session import ServerContext
 from fedunlearn.fl.transport import Federation
@@ -197,7 +197,7 @@ class Phases:
                     continue
                 if not METHODS.get(m).needs_forget_data and self.ctx.window.status(u) == "open":
                     self._set_window(u, "close")
-                chain[m] = self._run_method(m, chain[m], [u], remaining, key)
+                chain[m] = self._run_method(m, chain[m], [u], remaining, i)
             if self.ctx.window.status(u) == "open":
                 self._set_window(u, "close")
         rw, total = self.withdraw_round, cfg.train.rounds
@@ -227,7 +227,7 @@ class Phases:
             if not METHODS.get(m).needs_forget_data and window.open_classes_now():
                 window.close_classes(labels)
                 self._save_class_window()
-            chain[m] = self._run_method(m, chain[m], [], list(self.fed.pids), key, labels)
+            chain[m] = self._run_method(m, chain[m], [], list(self.fed.pids), 0, labels)
         window.close_classes(labels)
         self._save_class_window()
 
@@ -235,14 +235,19 @@ class Phases:
         self.state.window.update({f"class:{c}": st for c, st in self.ctx.window.classes.items()})
         self.state.save()
 
-    def _run_method(self, m: str, start: Weights, withdrawn: list[int], remaining: list[int], key: str,
+    def _run_method(self, m: str, start: Weights, withdrawn: list[int], remaining: list[int], withdrawal: int,
                     forget_classes: list[int] | None = None) -> Weights:
+        """Method ``m`` unlearns withdrawal number ``withdrawal`` (checkpoint ``<m>.w<i>``); with ``audit.during``
+        every model it passes through is saved (``engine.during``)."""
+        key = f"{m}.w{withdrawal}"
         method = build_method(m, self.cfg.unlearn.params(m))
         job = UnlearnJob(self.fed, m, start, self.initial, withdrawn, remaining, self.withdraw_round,
                          forget_classes or [])
         log.info("unlearning client(s) %s with %s", withdrawn, m)
+        during = recording(self.ctx, self.rd, m, withdrawal, start) if self.cfg.audit.during else nullcontext()
         try:
-            w = method.unlearn(job)
+            with during:
+                w = method.unlearn(job)
         except Exception as err:  # noqa: BLE001 - one failed method must not lose the others
             log.error("method %s failed: %s", m, err)
             self.state.failed[m] = f"{type(err).__name__}: {err}"
@@ -310,11 +315,8 @@ class Phases:
             if self.state.is_done(key):
                 continue
             w = load_weights(self.rd.model(m))
-            with self.ctx.track(AFTER, m, label=key):
-                engine = _SavingRounds(self.ctx, key, remaining, save=lambda r, w, m=m: save_weights(
-                    self.rd.model(after_model(m, r)), w))
-                engine.total_rounds = rounds
-                w = self.fed.fedavg(engine, w, rounds)
+            with self.ctx.listening(lambda _phase, r, w, m=m: save_weights(self.rd.model(after_model(m, r)), w)):
+                w = self._fedavg(AFTER, key, remaining, w, rounds, ledger_phase=m)
             self._checkpoint(key, w)
 
     def _fedavg(self, method: str, phase: str, pids: list[int], w: Weights, rounds: int, *,
@@ -327,16 +329,3 @@ class Phases:
             engine.total_rounds = rounds
             return self.fed.fedavg(engine, w, rounds)
 
-
-class _SavingRounds(FedAvgRounds):
-    """FedAvg rounds that hand every new global model to ``save(round, weights)`` (both transports call
-    ``aggregate``), so the continued training after unlearning keeps each round's model."""
-
-    def __init__(self, *args: object, save: Callable[[int, Weights], object], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._save = save
-
-    def aggregate(self, rnd: int, sent: Weights, replies: Sequence[ClientReply]) -> Weights:
-        new = super().aggregate(rnd, sent, replies)
-        self._save(rnd + self.round_offset, new)
-        return new

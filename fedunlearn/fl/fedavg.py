@@ -122,8 +122,8 @@ class FedAvgRounds:
             log.warning("%s round %d: client %d failed: %s", self.phase, r, x.pid, x.error)
         new = weighted_average([(x.weights, max(x.num_examples, 1)) for x in ok])  # type: ignore[misc]
         self._record(r, sent, ok)
-        self.ctx.log_round(self.phase, r, new, ok, missing, total=self.round_offset + self.total_rounds)
         self.ctx.costs.note(rounds=1)
+        self.ctx.log_round(self.phase, r, new, ok, missing, total=self.round_offset + self.total_rounds)
         return new
 
     def _record(self, r: int, sent: Weights, ok: Sequence[ClientReply]) -> None:

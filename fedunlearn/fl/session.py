@@ -97,6 +97,7 @@ class ServerContext:
     history: UpdateHistory
     evaluate: Callable[[Weights], tuple[float, float]] | None = None   # central (loss, accuracy) on the test set
     on_round: Callable[[str, int, int], None] | None = None             # progress: (phase, round, total)
+    on_model: Callable[[str, int, Weights], None] | None = None         # a new server model: (phase, round, weights)
     phase: str = ""
     startup_s: float | None = None  # from the session's start to the FL stage (Ray, node mapping), when measured
     _round_clock: float = 0.0  # when the current round of the open phase began (per-round wall time)
@@ -163,8 +164,27 @@ class ServerContext:
         self.rounds.add(RoundRow(phase, rnd, len(ok), failed, round(tl, 6), round(ta, 6), round(test_loss, 6),
                                  round(test_acc, 6), round(now - self._round_clock, 4)))
         self._round_clock = now
+        self.new_model(phase, rnd, new)
         if self.on_round:
             self.on_round(phase, rnd if step is None else step, total)
+
+    def new_model(self, phase: str, rnd: int, weights: Weights) -> None:
+        """The server now holds a new model in ``phase``: an aggregated round (``log_round``), or a method's own
+        update outside one (pga's ascended model, an accepted forsaken edit, lightweight's perturbation). Heard by
+        ``on_model`` while someone listens (``listening``): the models saved during and after unlearning."""
+        if self.on_model is not None:
+            self.on_model(phase, rnd, weights)
+
+    @contextmanager
+    def listening(self, on_model: Callable[[str, int, Weights], None]) -> Iterator[None]:
+        """``on_model`` hears every new server model inside (``new_model``); one listener at a time."""
+        if self.on_model is not None:
+            raise RuntimeError("a listener to new server models is already set")
+        self.on_model = on_model
+        try:
+            yield
+        finally:
+            self.on_model = None
 
     def ingest(self, replies: Sequence[ClientReply], sent: Weights | None, n_sent: int,
                records: Records | None = None) -> None:

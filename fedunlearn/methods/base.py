@@ -85,6 +85,12 @@ class UnlearnJob:
             self.fed.ctx.costs.note(rounds=rounds)
             return self.fed.send(pids, step, weights, config, records)
 
+    def new_model(self, name: str, rnd: int, weights: Weights) -> None:
+        """The server holds a new model after step ``rnd`` of phase ``name`` that was not an aggregated round (those
+        are heard already): pga's ascent, an accepted forsaken edit, lightweight's perturbation. Keeps the record of
+        every model a method passes through complete (``ServerContext.new_model``; ``audit.during``)."""
+        self.fed.ctx.new_model(self.phase(name), rnd, weights)
+
     def server(self, name: str) -> AbstractContextManager[Cost]:
         """Server-side work of phase ``name`` (timed in the ledger)."""
         return self.track(name)

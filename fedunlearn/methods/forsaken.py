@@ -240,6 +240,7 @@ class Forsaken(UnlearningMethod):
                                "accepted": float(accepted), "eta_step": eta, **m})
             if accepted:
                 w, omega, fr = cand, omega_c, m["fr"]
+                job.new_model("edit", t, w)
                 eta = min(p.eta, 2.0 * eta)
             else:
                 eta = eta / 2.0

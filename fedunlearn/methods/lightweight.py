@@ -176,6 +176,7 @@ class Lightweight(UnlearningMethod):
                             "cannot hold, so the budget rule (%d rounds) decides", budget)
         with rounds.phase("perturb"):
             w = perturb(job.start, p.sigma, seed_for(job.cfg.seed, self.name, "perturb", *job.withdrawn))
+        job.new_model("perturb", 1, w)
         for r in range(1, budget + 1):
             if kl_on:
                 w = self._kl_round(job, rounds, w, r, kl_on)

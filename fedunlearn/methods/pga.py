@@ -84,14 +84,12 @@ from fedunlearn.fl.protocol import StepOutput
 from fedunlearn.methods.base import MethodParams, UnlearningMethod, UnlearnJob, default_rounds
 from fedunlearn.methods.pga_ball import (
     ball_radius,
-    distance,
     mean_sq_distance,
     params_sq_distance,
     project_params,
     reference_model,
-    sq_distance,
 )
-from fedunlearn.models import Weights, build_model, get_weights
+from fedunlearn.models import Weights, build_model, distance, get_weights, sq_distance
 from fedunlearn.training import batches, evaluate, seed_for
 
 if TYPE_CHECKING:
@@ -260,12 +258,13 @@ class PGA(UnlearningMethod):
         w = ref.weights
         config = {"radius": ref.radius, "stop_distance": ref.stop_distance}  # this ascent's own values
         self.trace = []
-        for u in job.withdrawn:
+        for i, u in enumerate(job.withdrawn, 1):
             reply = job.send([u], STEP, w, "ascent", config, records={WU: ref.withdrawn_locals[u]})[0]
             if not reply.ok or reply.weights is None:
                 raise PhaseFailed(f"pga: the ascent on client {u} failed: {reply.error}")
             self.trace.append({"client": float(u), **reply.metrics})
             w = reply.weights
+            job.new_model("ascent", i, w)
         return w
 
     def _reference(self, job: UnlearnJob, p: PGAParams) -> Reference:

@@ -1,6 +1,7 @@
-"""PGA's ball geometry, apart from the method: the reference model w_ref, distances over the float parameters, the
-ball radius from random inits, and the projections onto the ball (of a weight set on the server, in place on u's
-parameters during the ascent). Pure functions of weights, so the server half and the tests share them."""
+"""PGA's ball geometry, apart from the method: the reference model w_ref, the ball radius from random inits, and the
+projections onto the ball (of a weight set on the server, in place on u's parameters during the ascent). Distances
+are ``models.sq_distance`` / ``models.distance`` over the float parameters (the notebook's ``Utils.get_distance`` is
+the squared one). Pure functions of weights, so the server half and the tests share them."""
 
 from __future__ import annotations
 
@@ -9,22 +10,7 @@ import torch
 from torch import nn
 
 from fedunlearn.errors import FedUnlearnError
-from fedunlearn.models import Weights, is_float_param
-
-
-def _float_keys(weights: Weights) -> list[str]:
-    return [k for k, v in weights.items() if is_float_param(k, np.asarray(v))]
-
-
-def sq_distance(a: Weights, b: Weights) -> float:
-    """Squared L2 distance over the float parameters as one vector (the notebook's ``Utils.get_distance``)."""
-    return float(sum(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2)
-                     for k in _float_keys(a)))
-
-
-def distance(a: Weights, b: Weights) -> float:
-    """L2 distance between two models over their float parameters, as one vector."""
-    return float(np.sqrt(sq_distance(a, b)))
+from fedunlearn.models import Weights, distance, is_float_param, sq_distance
 
 
 def reference_model(global_weights: Weights, withdrawn_locals: list[Weights], k: int) -> Weights:

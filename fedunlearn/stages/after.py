@@ -9,22 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from fedunlearn.audit.metrics import auc
 from fedunlearn.config.schema import ExperimentConfig
-from fedunlearn.data.cache import experiment_data
-from fedunlearn.models import Weights, load_weights
+from fedunlearn.models import distance, load_weights
 from fedunlearn.rundir import ORACLE, ORIGINAL, RunDir, after_model
-from fedunlearn.stages.inference import compute_signals
-from fedunlearn.stages.scoring import score_models
+from fedunlearn.stages.trajectory import WithdrawnLeakage
 
 AFTER_COLUMNS = ["model", "round", "leakage", "test_accuracy", "distance_to_original", "distance_to_retrain"]
-
-
-def _distance(a: Weights, b: Weights) -> float:
-    return float(np.sqrt(sum(float(np.sum((np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)) ** 2))
-                             for k in a if np.issubdtype(np.asarray(a[k]).dtype, np.floating))))
 
 
 def continued_models(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
@@ -35,40 +25,28 @@ def continued_models(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
 
 
 def after_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float) -> tuple[list[dict], dict]:  # noqa: ANN001
-    """Rows of ``after_unlearning.csv`` and the summary entry (start, end and change of the leakage per model)."""
+    """Rows of ``after_unlearning.csv`` and the summary entry (start, end and change of the leakage per model).
+    Distances are L2 over the float parameters (``models.distance``)."""
     rd, n = RunDir(run_dir), cfg.audit.after_rounds
     models = continued_models(run_dir, cfg)
     if not models or ORACLE not in models:
         return [], {}
-    withdrawn = sorted(cfg.withdraw.clients)
-    ds, _ = experiment_data(cfg)
-    forget = [] if withdrawn else [np.concatenate(parts.members)[np.isin(ds.y_train[np.concatenate(parts.members)],
-                                                                           cfg.withdraw.classes)]]
+    leakage_of = WithdrawnLeakage(run_dir, cfg, parts, gamma)
     original = load_weights(rd.model(ORIGINAL))
-    original_sig = compute_signals(run_dir, ORIGINAL)  # the attack input's reference point (the loss attack ignores it)
     retrain = [load_weights(rd.model(after_model(ORACLE, r))) for r in range(n + 1)]
     rows: list[dict] = []
     for m in models:
         for r in range(n + 1):
             name = after_model(m, r)
-            sig = compute_signals(run_dir, name)
-            if withdrawn:
-                scores = score_models([name], {name: sig, ORIGINAL: original_sig}, parts, ["loss"], gamma, None)
-                mem = np.concatenate([scores[(name, k, "loss")][0] for k in withdrawn])
-                non = np.concatenate([scores[(name, k, "loss")][1] for k in withdrawn])
-                leakage = auc(mem, non)
-            else:
-                leakage = float(sig.pool_correct[forget[0]].mean())
+            leakage, test_accuracy = leakage_of.measure(name)
             w = load_weights(rd.model(name))
-            rows.append({"model": m, "round": r, "leakage": leakage,
-                         "test_accuracy": float(sig.test_correct[parts.test].mean()),
-                         "distance_to_original": _distance(w, original),
-                         "distance_to_retrain": _distance(w, retrain[r])})
+            rows.append({"model": m, "round": r, "leakage": leakage, "test_accuracy": test_accuracy,
+                         "distance_to_original": distance(w, original),
+                         "distance_to_retrain": distance(w, retrain[r])})
     by_model = {m: [x for x in rows if x["model"] == m] for m in models}
     summary = {
         "rounds": n,
-        "measure": ("loss-attack AUC of the withdrawn clients' members vs their audit records" if withdrawn
-                    else "accuracy on the forgotten classes' members"),
+        "measure": leakage_of.description,
         "models": {m: {"start": rs[0]["leakage"], "end": rs[-1]["leakage"], "change": rs[-1]["leakage"] -
                        rs[0]["leakage"], "retrain_end": by_model[ORACLE][-1]["leakage"],
                        "distance_to_retrain_start": rs[0]["distance_to_retrain"],

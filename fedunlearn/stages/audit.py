@@ -23,6 +23,7 @@ often it flags clients when both models are retrains that differ only in their s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from fedunlearn.io import atomic_write_json
 from fedunlearn.ledgers.access import AccessLog, DataRead, WithdrawalWindow
 from fedunlearn.rundir import VULNERABLE_COLUMNS, RunDir, fl_finished, read_config, run_failures
 from fedunlearn.stages.after import AFTER_COLUMNS, after_unlearning
+from fedunlearn.stages.during import DURING_COLUMNS, during_unlearning
 from fedunlearn.stages.inference import (
     ORACLE,
     ORIGINAL,
@@ -161,6 +163,12 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     if cfg.audit.after_rounds:
         after_rows, summary["after_unlearning"] = after_unlearning(run_dir, cfg, parts, gamma)
     rows, scores = merge_kept(run_dir, plan, names, rows, scores, summary)
+    during_rows: list[dict] = []
+    if cfg.audit.during:  # after the merge: the loss attack's margin may be a kept one
+        loss = summary["models"][ORACLE]["leakage"].get("loss") or {}
+        margin = math.nan if cfg.withdraw.by_class else loss.get("equivalence_margin")
+        during_rows, summary["during_unlearning"] = during_unlearning(
+            run_dir, cfg, parts, gamma, math.nan if margin is None else margin)
     summary["audit_run"] = audit_record(plan, stamps)
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, plan.attacks, cfg.audit.vulnerable_top)
 
@@ -172,6 +180,8 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     write_rows(rd.vulnerable, VULNERABLE_COLUMNS, vulnerable)
     if after_rows:
         write_rows(rd.after_unlearning, AFTER_COLUMNS, after_rows)
+    if during_rows:
+        write_rows(rd.during_unlearning, DURING_COLUMNS, during_rows)
     atomic_write_json(rd.summary, json_safe(summary))
     tick()
     return summary

@@ -2,9 +2,8 @@
 per-client AUC, leakage vs cost, utility vs leakage. The audit's pictures (ROC curves, heat-map, epsilon, records)
 are in ``plots_audit``. Every model has one colour in every plot (``palette.model_color``).
 
-Not drawn: the withdrawn client's leakage over the unlearning rounds. The run directory does not record it
-(``rounds.csv`` has per-round loss and accuracy only, and no per-round model is saved), so there is nothing to plot
-without inventing it.
+The withdrawn clients' leakage step by step while each method unlearns is ``stages/during.py`` (``audit.during``:
+the models it needs are saved only then); after unlearning, ``stages/after.py``.
 """
 
 from __future__ import annotations

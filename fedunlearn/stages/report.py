@@ -8,6 +8,7 @@ from pathlib import Path
 from fedunlearn.io import atomic_write_text
 from fedunlearn.rundir import RunDir
 from fedunlearn.stages.after import plot_after_unlearning
+from fedunlearn.stages.during import plot_during_unlearning
 from fedunlearn.stages.plots import (
     plot_accuracy_bars,
     plot_client_auc,
@@ -139,6 +140,8 @@ def write_report(run_dir: Path) -> Path:
     plots += [plot_auc_heatmap(run_dir, summary), plot_vulnerable_records(run_dir)]
     if summary.get("seed_audit"):
         plots.append(plot_epsilon_hist(run_dir))
+    if summary.get("during_unlearning"):
+        plots.append(plot_during_unlearning(run_dir, summary))
     if summary.get("after_unlearning"):
         plots.append(plot_after_unlearning(run_dir, summary))
     drawn = {p.name for p in plots if p is not None}
@@ -155,7 +158,7 @@ def write_report(run_dir: Path) -> Path:
         lines += [""] + markdown(table)
     if summary.get("failed_methods"):
         lines += ["", "## Failed methods", ""] + [f"- `{m}`: {why}" for m, why in summary["failed_methods"].items()]
-    lines += audit_sections(summary) + _after_section(summary)
+    lines += audit_sections(summary) + _during_section(summary) + _after_section(summary)
     lines += ["", "Verdicts against retrain (*vs retrain*): *equivalent* = the withdrawn clients' AUC is within the "
               "equivalence margin of retrain's (1.96 × the RMS of retrain-vs-retrain ΔAUC over clients and null "
               "seeds; see the false-alarm section); *under-unlearned* = more leakage than retrain by more than the "
@@ -172,6 +175,32 @@ def write_report(run_dir: Path) -> Path:
               "members per client), `ledger.csv` (costs per method and phase), `rounds.csv` (per-round metrics), "
               "`data_access.csv` (every read of client data).", ""]
     return atomic_write_text(RunDir(run_dir).report, "\n".join(lines))
+
+
+def _during_section(summary: dict) -> list[str]:
+    """``audit.during``: the withdrawn clients' leakage at every step of each method."""
+    during = summary.get("during_unlearning")
+    if not during:
+        return []
+    lines = ["", "## During unlearning: the withdrawn clients' leakage step by step", ""]
+    if during.get("models"):
+        margin = during.get("margin")
+        lines += [f"Measure: {during['measure']} (`during_unlearning.csv`, `plots/during_unlearning.png`); a step is "
+                  "each new model the server held (step 0: the model the method started from). Original "
+                  f"{during['original']:.3f}, retrain {during['retrain']:.3f}"
+                  + (f" ± {margin:.3f} (equivalence margin)." if margin is not None else
+                     " (no equivalence margin: the run trained no retrain-vs-retrain null)."), "",
+                  "| method | phases | steps | start | lowest (step) | end | test acc. at end | client samples "
+                  "| first within retrain's margin: step (client samples) |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m, e in during["models"].items():
+            reached = ("—" if e["within_margin_at_step"] is None else
+                       f"{e['within_margin_at_step']} ({e['within_margin_client_samples']:,})")
+            lines.append(f"| {m} | {' → '.join(p.split('.')[-1] for p in e['phases'])} | {e['steps']} | "
+                         f"{e['start']:.3f} | {e['lowest']:.3f} ({e['lowest_step']}) | {e['end']:.3f} | "
+                         f"{e['end_test_accuracy']:.3f} | {e['client_samples']:,} | {reached} |")
+    lines += [f"- not recorded: `{m}`: {why}" for m, why in (during.get("not_recorded") or {}).items()]
+    return lines
 
 
 def _after_section(summary: dict) -> list[str]:

@@ -24,6 +24,9 @@ def test_inprocess_run_writes_contract_and_respects_window(tmp_path):
     assert not any(r["client"] == "0" and r["phase"].startswith(("retrain", "finetune")) for r in rows)
     summary = json.loads((d / "summary.json").read_text())
     assert list(summary["models"]) == ["original", "finetune", "retrain"]
+    # audit.during is off by default: no model of the steps is kept, nothing is reported about them
+    assert not (d / "models" / "during").exists() and not (d / "during_unlearning.csv").exists()
+    assert "during_unlearning" not in summary
 
 
 def test_mid_training_and_sequential_withdrawals(tmp_path):

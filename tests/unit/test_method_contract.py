@@ -16,7 +16,7 @@ from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import METHODS
 from fedunlearn.models import build_model, set_weights
 from fedunlearn.training import evaluate
-from tests.conftest import make_tiny_federation, tiny_config
+from tests.conftest import check_recorded_steps, make_tiny_federation, tiny_config
 
 ALL = METHODS.names()
 
@@ -25,7 +25,7 @@ def _run(tmp_path, name: str):
     """Run the whole phase sequence for one method; return (federation, phases)."""
     # enough local epochs that the original fits its members (the regime where forgetting is measurable)
     tf = make_tiny_federation(tmp_path, f'unlearn.methods=["retrain","{name}"]', "train.local_epochs=4",
-                              "data.flip_y=0.0")
+                              "data.flip_y=0.0", "audit.during=true")
     phases = Phases(tf.fed, tf.initial)
     failed = phases.run()
     assert failed == {}, failed
@@ -64,6 +64,10 @@ def test_contract(tmp_path, name: str) -> None:
     # deterministic under the seed
     tf2 = _run(tmp_path / "b", name)
     assert (tf2.run_dir / "models" / f"{name}.pt").read_bytes() == w_m
+
+    # every model the method passed through is recorded (audit.during): from the original to its output, in order,
+    # with its costs so far; a method that changed the model without ``job.new_model`` would end elsewhere
+    check_recorded_steps(d, name)
 
     # the withdrawn client's data: read only inside its window, and only by methods that declare it
     rows = read_access_log(d / "data_access.csv")

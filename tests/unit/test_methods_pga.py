@@ -15,13 +15,11 @@ from fedunlearn.methods import build_method
 from fedunlearn.methods.pga import NOTEBOOK_STOP_SHARE, PGA, WU, PGAParams
 from fedunlearn.methods.pga_ball import (
     ball_radius,
-    distance,
     mean_sq_distance,
     project_to_ball,
     reference_model,
-    sq_distance,
 )
-from fedunlearn.models import Weights, build_model, get_weights, set_weights
+from fedunlearn.models import Weights, build_model, distance, get_weights, set_weights, sq_distance
 from fedunlearn.training import evaluate, seed_for
 from tests.conftest import TINY, make_tiny_federation
 
