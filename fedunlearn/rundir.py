@@ -22,7 +22,7 @@ INITIAL, ORIGINAL, ORACLE = "initial", "original", "retrain"
 REFERENCES = ("reference_a", "reference_b")  # RMIA's reference federations (never audited as models)
 RETRAIN_NULL = "retrain_null"                # the retrain-vs-retrain null (then retrain_null_2, ...)
 AFTER = "after"                              # continued training after unlearning (models/after/<m>/round_<r>.pt)
-DURING = "during"                            # a method's models while it unlearns (models/during/<m>/w<i>/step_<j>.pt)
+DURING = "during"                            # a method's models while unlearning (during/<m>/w<i>/snapshot_<j>.pt)
 STARTUP = "startup"                          # ledger method of start-up costs (Ray, actor warm-up), charged to none
 
 # ----------------------------------------------------------------------------------------------- columns
@@ -111,8 +111,9 @@ class RunDir:
         return self.models / DURING / method / f"w{withdrawal}"
 
     def during_index(self, method: str, withdrawal: int) -> Path:
-        """``models/during/<method>/w<i>/steps.json``: each saved step's phase, round and the method's costs so far."""
-        return self.during(method, withdrawal) / "steps.json"
+        """``models/during/<method>/w<i>/snapshots.json``: each saved snapshot's phase, round and the method's costs
+        so far."""
+        return self.during(method, withdrawal) / "snapshots.json"
 
     def seed_run(self, seed: int) -> Path:
         """``seeds/seed-<s>/``: one A2 replica, a run directory of its own."""
@@ -130,9 +131,9 @@ def after_model(model: str, rnd: int) -> str:
     return model if rnd == 0 else f"{AFTER}/{model}/round_{rnd}"
 
 
-def during_model(method: str, withdrawal: int, step: int) -> str:
-    """The model name of step ``step`` of ``method`` unlearning withdrawal ``withdrawal`` (step 0 = its start)."""
-    return f"{DURING}/{method}/w{withdrawal}/step_{step}"
+def during_model(method: str, withdrawal: int, snapshot: int) -> str:
+    """The model name of snapshot ``snapshot`` of ``method`` unlearning withdrawal ``withdrawal`` (0 = its start)."""
+    return f"{DURING}/{method}/w{withdrawal}/snapshot_{snapshot}"
 
 
 def fl_finished(run_dir: str | Path) -> bool:

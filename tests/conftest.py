@@ -71,8 +71,8 @@ def tiny_fed(tmp_path: Path) -> TinyFederation:
     return make_tiny_federation(tmp_path)
 
 
-def check_recorded_steps(d: Path, name: str) -> None:
-    """``audit.during``: the steps method ``name`` saved run in order from the original to its output, each with
+def check_snapshots(d: Path, name: str) -> None:
+    """``audit.during``: the snapshots method ``name`` saved run in order from the original to its output, each with
     its phase and its costs so far (never more than the ledger's total for the method)."""
     import csv
     import json
@@ -82,10 +82,10 @@ def check_recorded_steps(d: Path, name: str) -> None:
     from fedunlearn.models import load_weights
 
     folder = d / "models" / "during" / name / "w0"
-    steps = json.loads((folder / "steps.json").read_text())
-    assert [s["step"] for s in steps] == list(range(len(steps))) and len(steps) >= 2
+    steps = json.loads((folder / "snapshots.json").read_text())
+    assert [s["snapshot"] for s in steps] == list(range(len(steps))) and len(steps) >= 2
     assert steps[0]["phase"] == "start" and all(s["phase"].split(".")[0] == name for s in steps[1:]), steps
-    ends = {"original": folder / "step_0.pt", name: folder / f"step_{steps[-1]['step']}.pt"}
+    ends = {"original": folder / "snapshot_0.pt", name: folder / f"snapshot_{steps[-1]['snapshot']}.pt"}
     for model, path in ends.items():
         a, b = load_weights(d / "models" / f"{model}.pt"), load_weights(path)
         assert all(np.array_equal(a[k], b[k]) for k in a), f"{path.name} is not models/{model}.pt"

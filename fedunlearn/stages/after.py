@@ -7,6 +7,7 @@ test accuracy, and the distances to the original model and to retrain's own cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fedunlearn.config.schema import ExperimentConfig
@@ -24,11 +25,12 @@ def continued_models(run_dir: Path, cfg: ExperimentConfig) -> list[str]:
     return [m for m in names if all(rd.model(after_model(m, r)).is_file() for r in range(n + 1))]
 
 
-def after_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float) -> tuple[list[dict], dict]:  # noqa: ANN001
-    """Rows of ``after_unlearning.csv`` and the summary entry (start, end and change of the leakage per model).
-    Distances are L2 over the float parameters (``models.distance``)."""
+def after_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,  # noqa: ANN001
+                     models: list[str], tick: Callable[[], None] = lambda: None) -> tuple[list[dict], dict]:
+    """Rows of ``after_unlearning.csv`` and the summary entry (start, end and change of the leakage per model) for
+    the ``continued_models``; ``tick`` after each scored model. Distances are L2 over the float parameters
+    (``models.distance``)."""
     rd, n = RunDir(run_dir), cfg.audit.after_rounds
-    models = continued_models(run_dir, cfg)
     if not models or ORACLE not in models:
         return [], {}
     leakage_of = WithdrawnLeakage(run_dir, cfg, parts, gamma)
@@ -43,6 +45,7 @@ def after_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float) 
             rows.append({"model": m, "round": r, "leakage": leakage, "test_accuracy": test_accuracy,
                          "distance_to_original": distance(w, original),
                          "distance_to_retrain": distance(w, retrain[r])})
+            tick()
     by_model = {m: [x for x in rows if x["model"] == m] for m in models}
     summary = {
         "rounds": n,

@@ -33,8 +33,8 @@ from fedunlearn.errors import ConfigError
 from fedunlearn.io import atomic_write_json
 from fedunlearn.ledgers.access import AccessLog, DataRead, WithdrawalWindow
 from fedunlearn.rundir import VULNERABLE_COLUMNS, RunDir, fl_finished, read_config, run_failures
-from fedunlearn.stages.after import AFTER_COLUMNS, after_unlearning
-from fedunlearn.stages.during import DURING_COLUMNS, during_unlearning
+from fedunlearn.stages.after import AFTER_COLUMNS, after_unlearning, continued_models
+from fedunlearn.stages.during import DURING_COLUMNS, during_unlearning, recorded_snapshots
 from fedunlearn.stages.inference import (
     ORACLE,
     ORIGINAL,
@@ -117,7 +117,12 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     attacks = plan.scored
     earlier = (plan.previous or {}).get("failed_methods") or {}
     nulls = null_model_names(run_dir)
-    steps, done = len(audited_models(cfg)) + len(nulls) + 2, [0]  # the models' signals, the scores, the summary
+    snapshots = recorded_snapshots(run_dir, cfg) if cfg.audit.during else ({}, {})
+    continued = continued_models(run_dir, cfg) if cfg.audit.after_rounds else []
+    # the models' signals, the scores, the summary, and the models kept during and after unlearning
+    steps = len(audited_models(cfg)) + len(nulls) + 2 + sum(map(len, snapshots[0].values()))
+    steps += len(continued) * (cfg.audit.after_rounds + 1)
+    done = [0]
 
     def tick(n: int = 1) -> None:
         done[0] += n
@@ -161,14 +166,14 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
                                            cfg)
     after_rows: list[dict] = []
     if cfg.audit.after_rounds:
-        after_rows, summary["after_unlearning"] = after_unlearning(run_dir, cfg, parts, gamma)
+        after_rows, summary["after_unlearning"] = after_unlearning(run_dir, cfg, parts, gamma, continued, tick)
     rows, scores = merge_kept(run_dir, plan, names, rows, scores, summary)
     during_rows: list[dict] = []
     if cfg.audit.during:  # after the merge: the loss attack's margin may be a kept one
         loss = summary["models"][ORACLE]["leakage"].get("loss") or {}
         margin = math.nan if cfg.withdraw.by_class else loss.get("equivalence_margin")
         during_rows, summary["during_unlearning"] = during_unlearning(
-            run_dir, cfg, parts, gamma, math.nan if margin is None else margin)
+            run_dir, cfg, parts, gamma, snapshots, math.nan if margin is None else margin, tick)
     summary["audit_run"] = audit_record(plan, stamps)
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, plan.attacks, cfg.audit.vulnerable_top)
 

@@ -1,12 +1,12 @@
-"""During unlearning (``audit.during = true``): how does the withdrawn clients' leakage fall, step by step, while
-each method unlearns, and what did each step cost? The FL stage saved every model a method's server held
-(``engine.during``: step 0 = the model it started from, then each aggregated round, pga's ascent, each accepted
-forsaken edit, lightweight's perturbation); this stage reads them: per step the withdrawn clients' leakage
+"""During unlearning (``audit.during = true``): how does the withdrawn clients' leakage fall while each method
+unlearns, and what did each stage of it cost? The FL stage saved every model a method's server held as a snapshot
+(``engine.during``: snapshot 0 = the model it started from, then each aggregated round, pga's ascent, each accepted
+forsaken edit, lightweight's perturbation); this stage reads them: per snapshot the withdrawn clients' leakage
 (``stages.trajectory``), the test accuracy and the method's client samples so far, and, where the run trained a
-retrain-vs-retrain null, the first step at which the leakage is within the equivalence margin of retrain's.
+retrain-vs-retrain null, the first snapshot at which the leakage is within the equivalence margin of retrain's.
 
-Several withdrawals in turn: a method's steps run on through them (the client samples add up); each withdrawal's
-step 0 is the previous withdrawal's last model.
+Several withdrawals in turn: a method's snapshots run on through them (the client samples add up); each withdrawal's
+snapshot 0 is the previous withdrawal's last model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from fedunlearn.config.schema import ExperimentConfig
@@ -22,17 +23,17 @@ from fedunlearn.stages.trajectory import WithdrawnLeakage
 
 log = logging.getLogger(__name__)
 
-DURING_COLUMNS = ["model", "withdrawal", "step", "phase", "round", "client_samples", "rounds", "leakage",
+DURING_COLUMNS = ["model", "withdrawal", "snapshot", "phase", "round", "client_samples", "rounds", "leakage",
                   "test_accuracy"]
 
 
-def recorded_steps(run_dir: Path, cfg: ExperimentConfig) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """Per method whose unlearned model was saved: its recorded steps over every withdrawal in order (each with its
+def recorded_snapshots(run_dir: Path, cfg: ExperimentConfig) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Per method whose unlearned model was saved: its snapshots over every withdrawal in order (each with its
     model ``name`` and client samples counted from the first withdrawal); and the methods left out, with why."""
     rd = RunDir(run_dir)
     failed = run_failures(run_dir)
     withdrawals = len(cfg.withdraw.clients) or 1  # a class withdrawal is one window
-    steps: dict[str, list[dict]] = {}
+    snapshots: dict[str, list[dict]] = {}
     missing: dict[str, str] = {}
     for m in (m for m in cfg.unlearn.methods if m != ORACLE and m not in failed and rd.model(m).is_file()):
         mine: list[dict] = []
@@ -43,46 +44,50 @@ def recorded_steps(run_dir: Path, cfg: ExperimentConfig) -> tuple[dict[str, list
                 missing[m] = f"{index.relative_to(rd.path)} is missing"
                 break
             listed = json.loads(index.read_text())
-            absent = [s["step"] for s in listed if not rd.model(during_model(m, i, s["step"])).is_file()]
+            absent = [s["snapshot"] for s in listed if not rd.model(during_model(m, i, s["snapshot"])).is_file()]
             if absent:
                 missing[m] = f"models/{during_model(m, i, absent[0])}.pt is missing"
                 break
-            mine += [{**s, "withdrawal": i, "name": during_model(m, i, s["step"]),
+            mine += [{**s, "withdrawal": i, "name": during_model(m, i, s["snapshot"]),
                       "client_samples": samples + s["client_samples"], "rounds": rounds + s["rounds"]}
                      for s in listed]
             samples, rounds = mine[-1]["client_samples"], mine[-1]["rounds"]
         else:
-            steps[m] = mine
-    return steps, missing
+            snapshots[m] = mine
+    return snapshots, missing
 
 
 def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,  # noqa: ANN001
-                      margin: float = math.nan) -> tuple[list[dict], dict]:
-    """Rows of ``during_unlearning.csv`` and the summary entry: per method its start, lowest and final leakage, the
-    step and client samples at which it first came within ``margin`` of retrain's (None: never, or no margin)."""
-    steps, missing = recorded_steps(run_dir, cfg)
+                      recorded: tuple[dict[str, list[dict]], dict[str, str]], margin: float = math.nan,
+                      tick: Callable[[], None] = lambda: None) -> tuple[list[dict], dict]:
+    """Rows of ``during_unlearning.csv`` and the summary entry: per method the number of new models (``snapshots``,
+    snapshot 0 not counted), its start, lowest and final leakage, and the snapshot and client samples at which it
+    first came within ``margin`` of retrain's (None: never, or no margin). ``recorded``: ``recorded_snapshots``;
+    ``tick`` after each scored snapshot."""
+    snapshots, missing = recorded
     for m, why in missing.items():
         log.warning("during unlearning: %s not reported: %s", m, why)
-    if not steps:
+    if not snapshots:
         return [], ({"not_recorded": missing} if missing else {})
     leakage_of = WithdrawnLeakage(run_dir, cfg, parts, gamma)
     retrain, _ = leakage_of.measure(ORACLE)
     original, _ = leakage_of.measure(ORIGINAL)
     rows: list[dict] = []
     models: dict[str, dict] = {}
-    for m, trail in steps.items():
+    for m, trail in snapshots.items():
         mine = []
         for s in trail:
             leakage, test_accuracy = leakage_of.measure(s["name"])
             mine.append({"model": m, **{k: s[k] for k in DURING_COLUMNS[1:7]}, "leakage": leakage,
                          "test_accuracy": test_accuracy})
+            tick()
         lowest = min(range(len(mine)), key=lambda j: mine[j]["leakage"])
         reached = next((j for j, r in enumerate(mine) if abs(r["leakage"] - retrain) <= margin), None)
-        models[m] = {"steps": len(mine) - 1, "start": mine[0]["leakage"], "end": mine[-1]["leakage"],
-                     "lowest": mine[lowest]["leakage"], "lowest_step": lowest,
+        models[m] = {"snapshots": len(mine) - 1, "start": mine[0]["leakage"], "end": mine[-1]["leakage"],
+                     "lowest": mine[lowest]["leakage"], "lowest_snapshot": lowest,
                      "end_test_accuracy": mine[-1]["test_accuracy"], "client_samples": mine[-1]["client_samples"],
                      "phases": list(dict.fromkeys(r["phase"] for r in mine[1:])),
-                     "within_margin_at_step": reached,
+                     "within_margin_at_snapshot": reached,
                      "within_margin_client_samples": None if reached is None else mine[reached]["client_samples"]}
         rows += mine
     summary = {"measure": leakage_of.description, "retrain": retrain, "original": original,
@@ -93,7 +98,7 @@ def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,
 
 
 def plot_during_unlearning(run_dir: Path, summary: dict) -> Path | None:
-    """One panel per method: the withdrawn clients' leakage at every step (phases shaded and named), retrain's level
+    """One panel per method: the withdrawn clients' leakage at every snapshot (phase changes marked), retrain's level
     with its equivalence margin, the original's level, the never-seen band (client withdrawals) and, on the right
     axis, the test accuracy."""
     from fedunlearn.stages.palette import model_color
@@ -125,7 +130,7 @@ def plot_during_unlearning(run_dir: Path, summary: dict) -> Path | None:
         acc.set_ylim(0, 1.02)
         acc.tick_params(labelsize=7)
         ax.set_title(m, fontsize=9, color=model_color(m), pad=12)
-        ax.set_xlabel("step (a new server model)", fontsize=8)
+        ax.set_xlabel("snapshot (a new server model)", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(methods):]:
@@ -146,7 +151,7 @@ def plot_during_unlearning(run_dir: Path, summary: dict) -> Path | None:
 
 
 def _mark_phases(ax, phases: list[str]) -> None:  # noqa: ANN001 - a matplotlib Axes
-    """A thin line where the phase changes, each phase's name above its span of steps."""
+    """A thin line where the phase changes, each phase's name above its span of snapshots."""
     start = 0
     for j in range(1, len(phases) + 1):
         if j == len(phases) or phases[j] != phases[start]:

@@ -178,26 +178,27 @@ def write_report(run_dir: Path) -> Path:
 
 
 def _during_section(summary: dict) -> list[str]:
-    """``audit.during``: the withdrawn clients' leakage at every step of each method."""
+    """``audit.during``: the withdrawn clients' leakage at every snapshot of each method."""
     during = summary.get("during_unlearning")
     if not during:
         return []
-    lines = ["", "## During unlearning: the withdrawn clients' leakage step by step", ""]
+    lines = ["", "## During unlearning: the withdrawn clients' leakage snapshot by snapshot", ""]
     if during.get("models"):
         margin = during.get("margin")
-        lines += [f"Measure: {during['measure']} (`during_unlearning.csv`, `plots/during_unlearning.png`); a step is "
-                  "each new model the server held (step 0: the model the method started from). Original "
+        lines += [f"Measure: {during['measure']} (`during_unlearning.csv`, `plots/during_unlearning.png`); a "
+                  "snapshot is each new model the server held (snapshot 0: the model the method started from). "
+                  "Original "
                   f"{during['original']:.3f}, retrain {during['retrain']:.3f}"
                   + (f" ± {margin:.3f} (equivalence margin)." if margin is not None else
                      " (no equivalence margin: the run trained no retrain-vs-retrain null)."), "",
-                  "| method | phases | steps | start | lowest (step) | end | test acc. at end | client samples "
-                  "| first within retrain's margin: step (client samples) |",
+                  "| method | phases | new models | start | lowest (snapshot) | end | test acc. at end "
+                  "| client samples | first within retrain's margin: snapshot (client samples) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m, e in during["models"].items():
-            reached = ("—" if e["within_margin_at_step"] is None else
-                       f"{e['within_margin_at_step']} ({e['within_margin_client_samples']:,})")
-            lines.append(f"| {m} | {' → '.join(p.split('.')[-1] for p in e['phases'])} | {e['steps']} | "
-                         f"{e['start']:.3f} | {e['lowest']:.3f} ({e['lowest_step']}) | {e['end']:.3f} | "
+            reached = ("—" if e["within_margin_at_snapshot"] is None else
+                       f"{e['within_margin_at_snapshot']} ({e['within_margin_client_samples']:,})")
+            lines.append(f"| {m} | {' → '.join(p.split('.')[-1] for p in e['phases'])} | {e['snapshots']} | "
+                         f"{e['start']:.3f} | {e['lowest']:.3f} ({e['lowest_snapshot']}) | {e['end']:.3f} | "
                          f"{e['end_test_accuracy']:.3f} | {e['client_samples']:,} | {reached} |")
     lines += [f"- not recorded: `{m}`: {why}" for m, why in (during.get("not_recorded") or {}).items()]
     return lines

@@ -11,7 +11,7 @@ from fedunlearn.config.load import load_config
 from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import METHODS
 from fedunlearn.pipeline import run
-from tests.conftest import check_recorded_steps
+from tests.conftest import check_snapshots
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_every_method_on_digits(tmp_path):
         assert (d / "models" / f"{m}.pt").is_file()
         assert summary["models"][m]["test_accuracy"] > 0.5, m  # digits is easy: no method may wreck the model
         if m != "retrain":  # the models each method passed through, saved by the ServerApp through Ray too
-            check_recorded_steps(d, m)
+            check_snapshots(d, m)
     assert set(summary["during_unlearning"]["models"]) == set(methods) - {"retrain"}
     with (d / "ledger.csv").open() as fh:
         ledger_methods = {r["method"] for r in csv.DictReader(fh)}

@@ -16,7 +16,7 @@ from fedunlearn.ledgers.access import read_access_log
 from fedunlearn.methods import METHODS
 from fedunlearn.models import build_model, set_weights
 from fedunlearn.training import evaluate
-from tests.conftest import check_recorded_steps, make_tiny_federation, tiny_config
+from tests.conftest import check_snapshots, make_tiny_federation, tiny_config
 
 ALL = METHODS.names()
 
@@ -67,7 +67,7 @@ def test_contract(tmp_path, name: str) -> None:
 
     # every model the method passed through is recorded (audit.during): from the original to its output, in order,
     # with its costs so far; a method that changed the model without ``job.new_model`` would end elsewhere
-    check_recorded_steps(d, name)
+    check_snapshots(d, name)
 
     # the withdrawn client's data: read only inside its window, and only by methods that declare it
     rows = read_access_log(d / "data_access.csv")
