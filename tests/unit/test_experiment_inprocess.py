@@ -52,7 +52,7 @@ def test_class_withdrawal(tmp_path):
     """Class 1 is withdrawn from every client: unsir (class mode) and the baselines unlearn it; after its window no
     step reads a record of class 1; retrain never predicts it."""
     cfg = tiny_config('unlearn.methods=["retrain","finetune","unsir"]', "withdraw.clients=[]", "withdraw.classes=[1]",
-                      "unlearn.unsir.noise_samples=32", "unlearn.unsir.noise_copies=1")
+                      "unlearn.unsir.noise_samples=32", "unlearn.unsir.noise_copies=1", "audit.during=true")
     d = run(cfg, out=tmp_path / "r").run_dir
     rows = read_access_log(d / "data_access.csv")
     later = [r for r in rows if r["phase"] != "original" and r["purpose"] != "audit"]
@@ -64,6 +64,13 @@ def test_class_withdrawal(tmp_path):
     assert models["retrain"]["forgotten_class_test_accuracy"] < 0.05
     assert models["original"]["forgotten_class_test_accuracy"] > 0.5
     assert models["unsir"]["forgotten_class_test_accuracy"] < models["original"]["forgotten_class_test_accuracy"]
+    # during unlearning, a class withdrawal is measured by the forgotten classes' member accuracy, start to end
+    during = summary["during_unlearning"]
+    assert during["measure"] == "accuracy on the forgotten classes' members" and during["margin"] is None
+    for m in ("finetune", "unsir"):
+        e = during["models"][m]
+        assert e["start"] == models["original"]["forget_class"]["accuracy"]
+        assert e["end"] == models[m]["forget_class"]["accuracy"]
 
 
 def test_class_withdrawal_rejects_client_only_methods():
