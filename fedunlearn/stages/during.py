@@ -88,7 +88,8 @@ def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,
                      "end_test_accuracy": mine[-1]["test_accuracy"], "client_samples": mine[-1]["client_samples"],
                      "phases": list(dict.fromkeys(r["phase"] for r in mine[1:])),
                      "within_margin_at_snapshot": reached,
-                     "within_margin_client_samples": None if reached is None else mine[reached]["client_samples"]}
+                     "within_margin_client_samples": None if reached is None else mine[reached]["client_samples"],
+                     "within_margin_test_accuracy": None if reached is None else mine[reached]["test_accuracy"]}
         rows += mine
     summary = {"measure": leakage_of.description, "retrain": retrain, "original": original,
                "margin": None if math.isnan(margin) else margin, "models": models}

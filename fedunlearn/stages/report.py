@@ -187,19 +187,22 @@ def _during_section(summary: dict) -> list[str]:
         margin = during.get("margin")
         lines += [f"Measure: {during['measure']} (`during_unlearning.csv`, `plots/during_unlearning.png`); a "
                   "snapshot is each new model the server held (snapshot 0: the model the method started from). "
-                  "Original "
-                  f"{during['original']:.3f}, retrain {during['retrain']:.3f}"
+                  f"Original {during['original']:.3f}, retrain {during['retrain']:.3f}"
                   + (f" ± {margin:.3f} (equivalence margin)." if margin is not None else
                      " (no equivalence margin: the run trained no retrain-vs-retrain null)."), "",
                   "| method | phases | new models | start | lowest (snapshot) | end | test acc. at end "
-                  "| client samples | first within retrain's margin: snapshot (client samples) |",
+                  "| client samples | first within retrain's margin: snapshot (client samples, test acc.) |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m, e in during["models"].items():
             reached = ("—" if e["within_margin_at_snapshot"] is None else
-                       f"{e['within_margin_at_snapshot']} ({e['within_margin_client_samples']:,})")
+                       f"{e['within_margin_at_snapshot']} ({e['within_margin_client_samples']:,}, "
+                       f"{e['within_margin_test_accuracy']:.3f})")
             lines.append(f"| {m} | {' → '.join(p.split('.')[-1] for p in e['phases'])} | {e['snapshots']} | "
                          f"{e['start']:.3f} | {e['lowest']:.3f} ({e['lowest_snapshot']}) | {e['end']:.3f} | "
                          f"{e['end_test_accuracy']:.3f} | {e['client_samples']:,} | {reached} |")
+        lines += ["", "A snapshot within the margin is not yet a good model: its test accuracy says whether the method "
+                  "got there by forgetting the client or by forgetting more (an early replayed model of federaser, "
+                  "an ascent before its repair)."]
     lines += [f"- not recorded: `{m}`: {why}" for m, why in (during.get("not_recorded") or {}).items()]
     return lines
 
