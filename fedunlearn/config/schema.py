@@ -219,7 +219,7 @@ class AuditConfig(Strict):
     after_rounds: int = Field(0, ge=0, le=10_000, description="after unlearning: continue FedAvg on the remaining "
                               "clients for N rounds from every unlearned model and from retrain (0 = off)")
     during: bool = Field(False, description="save every model each method passes through while it unlearns "
-                         "(models/during/) and report the withdrawn clients' leakage step by step")
+                         "(models/during/) and report the withdrawn clients' leakage at each")
     population: int = Field(5000, ge=10, description="RMIA population sample size")
     gamma: float = Field(1.0, gt=0)
     bootstrap: int = Field(0, ge=0, description="0 = DeLong CI for AUC; N = stratified bootstrap resamples")

@@ -37,7 +37,8 @@ def seed_config(parent: ExperimentConfig, seed: int) -> ExperimentConfig:
     d["seed"] = seed
     d["name"] = f"{parent.name}-seed{seed}"
     d["data"]["seed"] = parent.data_seed
-    d["audit"].update({"attacks": ["loss"], "retrain_null": False, "seeds": 0})
+    d["audit"].update({"attacks": ["loss"], "retrain_null": False, "seeds": 0, "during": False,
+                       "after_rounds": 0})
     d["sim"]["backend"] = "inprocess"
     return config_from_dict(d)
 

@@ -200,11 +200,16 @@ def test_a2_replicas_are_a_step_before_the_audit_which_only_reads(tmp_path: Path
     from fedunlearn.errors import ConfigError
     from fedunlearn.stages.audit import run_audit
 
-    cfg = tiny_config('unlearn.methods=["retrain","finetune"]', "audit.seeds=3", "train.rounds=2")
+    cfg = tiny_config('unlearn.methods=["retrain","finetune"]', "audit.seeds=3", "train.rounds=2", "audit.during=true",
+                      "audit.after_rounds=1")
     d = run(cfg, out=tmp_path / "run").run_dir
     summary = json.loads((d / "summary.json").read_text())
     a2 = summary["seed_audit"]
     assert a2["seeds"] == 3 and a2["seed_values"] == [1, 2, 3] and "finetune" in a2["models"]
+    # the replicas train the models the A2 audit reads, not the run's own extras (snapshots, continued training)
+    assert (d / "models" / "during").is_dir() and (d / "models" / "after").is_dir()
+    for replica in (d / "seeds").iterdir():
+        assert not (replica / "models" / "during").exists() and not (replica / "models" / "after").exists()
     shutil.rmtree(d / "seeds" / "seed-2")  # a replica that was never trained
     with pytest.raises(ConfigError, match="--seeds: the A2 replicas seeds/seed-2 are not trained"):
         run_audit(d)
