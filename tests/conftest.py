@@ -82,17 +82,17 @@ def check_snapshots(d: Path, name: str) -> None:
     from fedunlearn.models import load_weights
 
     folder = d / "models" / "during" / name / "w0"
-    steps = json.loads((folder / "snapshots.json").read_text())
-    assert [s["snapshot"] for s in steps] == list(range(len(steps))) and len(steps) >= 2
-    assert steps[0]["phase"] == "start" and all(s["phase"].split(".")[0] == name for s in steps[1:]), steps
-    ends = {"original": folder / "snapshot_0.pt", name: folder / f"snapshot_{steps[-1]['snapshot']}.pt"}
+    snapshots = json.loads((folder / "snapshots.json").read_text())
+    assert [s["snapshot"] for s in snapshots] == list(range(len(snapshots))) and len(snapshots) >= 2
+    assert snapshots[0]["phase"] == "start" and all(s["phase"].split(".")[0] == name for s in snapshots[1:]), snapshots
+    ends = {"original": folder / "snapshot_0.pt", name: folder / f"snapshot_{snapshots[-1]['snapshot']}.pt"}
     for model, path in ends.items():
         a, b = load_weights(d / "models" / f"{model}.pt"), load_weights(path)
         assert all(np.array_equal(a[k], b[k]) for k in a), f"{path.name} is not models/{model}.pt"
     with (d / "ledger.csv").open() as fh:
         total = [r for r in csv.DictReader(fh) if r["method"] == name]
     for key in ("client_samples", "rounds"):
-        seen = [s[key] for s in steps]
+        seen = [s[key] for s in snapshots]
         assert seen == sorted(seen) and seen[-1] <= sum(int(r[key]) for r in total), (key, seen)
 
 

@@ -23,7 +23,6 @@ often it flags clients when both models are retrains that differ only in their s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from fedunlearn.stages.scoring import (
     write_rows,
 )
 from fedunlearn.stages.seed_replicas import saved_seed_runs, seed_audit, seed_count
-from fedunlearn.stages.summary import build_summary, comparison_summary, retrain_null_summary
+from fedunlearn.stages.summary import attack_margin, build_summary, comparison_summary, retrain_null_summary
 from fedunlearn.stages.verdicts import equivalence_margins
 
 
@@ -170,10 +169,9 @@ def run_audit(run_dir: Path, attacks: list[str] | None = None, failed: dict[str,
     rows, scores = merge_kept(run_dir, plan, names, rows, scores, summary)
     during_rows: list[dict] = []
     if cfg.audit.during:  # after the merge: the loss attack's margin may be a kept one
-        loss = summary["models"][ORACLE]["leakage"].get("loss") or {}
-        margin = math.nan if cfg.withdraw.by_class else loss.get("equivalence_margin")
-        during_rows, summary["during_unlearning"] = during_unlearning(
-            run_dir, cfg, parts, gamma, snapshots, math.nan if margin is None else margin, tick)
+        margin = None if cfg.withdraw.by_class else attack_margin(summary, "loss")
+        during_rows, summary["during_unlearning"] = during_unlearning(run_dir, cfg, parts, gamma, snapshots, margin,
+                                                                      tick)
     summary["audit_run"] = audit_record(plan, stamps)
     vulnerable = vulnerable_records(scores, sigs[ORIGINAL], parts, plan.attacks, cfg.audit.vulnerable_top)
 

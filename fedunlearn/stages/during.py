@@ -58,7 +58,7 @@ def recorded_snapshots(run_dir: Path, cfg: ExperimentConfig) -> tuple[dict[str, 
 
 
 def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,  # noqa: ANN001
-                      recorded: tuple[dict[str, list[dict]], dict[str, str]], margin: float = math.nan,
+                      recorded: tuple[dict[str, list[dict]], dict[str, str]], margin: float | None = None,
                       tick: Callable[[], None] = lambda: None) -> tuple[list[dict], dict]:
     """Rows of ``during_unlearning.csv`` and the summary entry: per method the number of new models (``snapshots``,
     snapshot 0 not counted), its start, lowest and final leakage, and the snapshot and client samples at which it
@@ -82,7 +82,8 @@ def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,
                          "test_accuracy": test_accuracy})
             tick()
         lowest = min(range(len(mine)), key=lambda j: mine[j]["leakage"])
-        reached = next((j for j, r in enumerate(mine) if abs(r["leakage"] - retrain) <= margin), None)
+        reached = None if margin is None else next(
+            (j for j, r in enumerate(mine) if abs(r["leakage"] - retrain) <= margin), None)
         models[m] = {"snapshots": len(mine) - 1, "start": mine[0]["leakage"], "end": mine[-1]["leakage"],
                      "lowest": mine[lowest]["leakage"], "lowest_snapshot": lowest,
                      "end_test_accuracy": mine[-1]["test_accuracy"], "client_samples": mine[-1]["client_samples"],
@@ -92,7 +93,7 @@ def during_unlearning(run_dir: Path, cfg: ExperimentConfig, parts, gamma: float,
                      "within_margin_test_accuracy": None if reached is None else mine[reached]["test_accuracy"]}
         rows += mine
     summary = {"measure": leakage_of.description, "retrain": retrain, "original": original,
-               "margin": None if math.isnan(margin) else margin, "models": models}
+               "margin": margin, "models": models}
     if missing:
         summary["not_recorded"] = missing
     return rows, summary
@@ -103,7 +104,7 @@ def plot_during_unlearning(run_dir: Path, summary: dict) -> Path | None:
     with its equivalence margin, the original's level, the never-seen band (client withdrawals) and, on the right
     axis, the test accuracy."""
     from fedunlearn.stages.palette import model_color
-    from fedunlearn.stages.plots import BAND_COLOR, plt, read_csv_rows, save_figure
+    from fedunlearn.stages.plots import BAND_COLOR, attack_band, plt, read_csv_rows, save_figure
 
     during = summary.get("during_unlearning") or {}
     rows = read_csv_rows(RunDir(run_dir).during_unlearning) if during.get("models") else []
@@ -114,7 +115,7 @@ def plot_during_unlearning(run_dir: Path, summary: dict) -> Path | None:
     nrows = math.ceil(len(methods) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), sharey=True, squeeze=False)
     retrain, original, margin = during["retrain"], during["original"], during.get("margin")
-    band = summary.get("null_band") if not summary.get("withdrawn_classes") else None
+    band = attack_band(summary, "loss")  # None for a class withdrawal (no never-seen verdict there)
     for ax, m in zip(axes.flat, methods):
         mine = [r for r in rows if r["model"] == m]
         x = list(range(len(mine)))

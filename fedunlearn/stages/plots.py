@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from fedunlearn.io import atomic_write_bytes
 from fedunlearn.rundir import RunDir
 from fedunlearn.stages.palette import RETRAIN_COLOR, model_color, model_style, phase_model  # noqa: E402
+from fedunlearn.stages.summary import attack_margin  # noqa: E402
 
 #: at most this many clients per per-client picture (withdrawn first); every client is in per_client.csv
 MAX_PLOT_CLIENTS = 24
@@ -58,11 +59,6 @@ def _summary(run_dir: Path) -> dict:
 def shown_clients(clients: list[int], withdrawn: list[int]) -> list[int]:
     """Withdrawn clients first, then the others by id, at most ``MAX_PLOT_CLIENTS``."""
     return sorted(clients, key=lambda k: (k not in withdrawn, k))[:MAX_PLOT_CLIENTS]
-
-
-def attack_margin(summary: dict, attack: str) -> float | None:
-    """The retrain-equivalence margin of ``attack`` (None without a retrain null)."""
-    return (summary["models"].get("retrain", {}).get("leakage", {}).get(attack) or {}).get("equivalence_margin")
 
 
 def attack_band(summary: dict, attack: str) -> tuple[float, float] | None:

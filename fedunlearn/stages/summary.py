@@ -40,6 +40,11 @@ CLASS_RULE = (
     "classifies them ranks both alike, forgotten or not.")
 
 
+
+def attack_margin(summary: dict, attack: str) -> float | None:
+    """The retrain-equivalence margin of ``attack`` in a built summary (None without a retrain null)."""
+    return (summary["models"].get(ORACLE, {}).get("leakage", {}).get(attack) or {}).get("equivalence_margin")
+
 def build_summary(run_dir: Path, cfg, names: list[str], sigs: dict[str, ModelSignals], parts, attacks: list[str],
                   failed: dict[str, str] | None, refs: References | None = None,
                   margins: dict[str, float] | None = None, nulls: list[str] | None = None) -> dict:
